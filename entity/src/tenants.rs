@@ -17,7 +17,7 @@ pub struct Model {
     pub tier: String,
     pub is_demo: bool,
     pub founding_member_number: Option<i32>,
-    pub occurred_at: DateTimeWithTimeZone,
+    pub occurred_at: Option<DateTimeWithTimeZone>,
     pub created_at: DateTimeWithTimeZone,
 }
 

@@ -21,7 +21,7 @@ CREATE TABLE tenants (
     tier                   text        NOT NULL,
     is_demo                boolean     NOT NULL DEFAULT false,
     founding_member_number integer,
-    occurred_at            timestamptz NOT NULL,
+    occurred_at            timestamptz,
     created_at             timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT tenants_event_id_key UNIQUE (event_id),
     CONSTRAINT tenants_slug_key UNIQUE (slug),

@@ -1,0 +1,152 @@
+//! PostgreSQL connections and migrations.
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait, FOUNDING_CAPACITY_SETTING};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sea_orm::sqlx::ConnectOptions as _;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, SqlxPostgresConnector, Statement,
+    TransactionTrait,
+};
+
+/// How long one attempt to get a connection may take. Bounds every one-shot command's wait
+/// on an unreachable server well under the contract's 30 s.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Arbitrary, fixed key of the advisory lock that serialises `migrate` across replicas
+/// (sea-orm-migration takes none). Spells "signupmg" in ASCII.
+const MIGRATION_LOCK_KEY: i64 = 0x7369_676e_7570_6d67;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbSetupError {
+    #[error("invalid DATABASE_URL: {0}")]
+    BadUrl(String),
+    #[error("cannot reach PostgreSQL at {server}: {source}")]
+    Unreachable { server: String, source: DbErr },
+    #[error("migration failed on {server}: {source}")]
+    Migration { server: String, source: DbErr },
+}
+
+/// Parsed connection settings, with a printable name of the server that never shows the
+/// password.
+#[derive(Clone)]
+pub struct DbTarget {
+    options: PgConnectOptions,
+    pub server: String,
+}
+
+impl DbTarget {
+    pub fn parse(url: &str) -> Result<Self, DbSetupError> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e: sea_orm::sqlx::Error| DbSetupError::BadUrl(e.to_string()))?;
+        // Statements are traced by our own spans; sqlx's per-statement log would flood.
+        let options = options
+            .log_statements(log::LevelFilter::Trace)
+            .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(2));
+        let server = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("postgres")
+        );
+        Ok(Self { options, server })
+    }
+
+    pub fn database(&self) -> &str {
+        self.options.get_database().unwrap_or("postgres")
+    }
+
+    fn unreachable(&self, source: DbErr) -> DbSetupError {
+        DbSetupError::Unreachable {
+            server: self.server.clone(),
+            source,
+        }
+    }
+
+    /// A pool of at most `max_connections`. Connects eagerly, so an unreachable server is
+    /// reported here and not at the first query.
+    pub async fn connect(&self, max_connections: u32) -> Result<DatabaseConnection, DbSetupError> {
+        self.connect_with(self.options.clone(), max_connections).await
+    }
+
+    async fn connect_with(
+        &self,
+        options: PgConnectOptions,
+        max_connections: u32,
+    ) -> Result<DatabaseConnection, DbSetupError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            // A broken connection fails its statement, which the worker classifies and
+            // retries; pinging before every acquire would cost a round trip per batch.
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .map_err(|e| self.unreachable(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))))?;
+        Ok(SqlxPostgresConnector::from_sqlx_postgres_pool(pool))
+    }
+
+    /// Creates the database if it does not exist, through the server's `postgres` database.
+    pub async fn ensure_database(&self) -> Result<(), DbSetupError> {
+        let admin = self
+            .connect_with(self.options.clone().database("postgres"), 1)
+            .await?;
+        let name = self.database().to_owned();
+        let exists = admin
+            .query_one(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT 1 AS one FROM pg_database WHERE datname = $1",
+                [name.clone().into()],
+            ))
+            .await
+            .map_err(|e| self.unreachable(e))?
+            .is_some();
+        if !exists {
+            let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+            match admin.execute_unprepared(&sql).await {
+                Ok(_) => tracing::info!(database = %name, "created database"),
+                // Another replica created it between our check and our CREATE.
+                Err(e) if matches!(crate::store::sqlstate(&e).as_deref(), Some("42P04" | "23505")) => {}
+                Err(e) => {
+                    return Err(DbSetupError::Migration {
+                        server: self.server.clone(),
+                        source: e,
+                    })
+                }
+            }
+        }
+        let _ = admin.close().await;
+        Ok(())
+    }
+
+    /// `signup-worker migrate`: creates the database if needed, then applies pending
+    /// migrations in one transaction that holds an advisory lock, so replicas starting together
+    /// run them once. `founding_capacity` is used only if this run creates the sequence.
+    pub async fn migrate(&self, founding_capacity: i32) -> Result<(), DbSetupError> {
+        self.ensure_database().await?;
+        let db = self.connect(1).await?;
+        let fail = |source| DbSetupError::Migration {
+            server: self.server.clone(),
+            source,
+        };
+        let run = async {
+            let txn = db.begin().await?;
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
+                .await?;
+            txn.execute_unprepared(&format!(
+                "SET LOCAL {FOUNDING_CAPACITY_SETTING} = '{founding_capacity}'"
+            ))
+            .await?;
+            let pending = Migrator::get_pending_migrations(&txn).await?.len();
+            Migrator::up(&txn, None).await?;
+            txn.commit().await?;
+            Ok::<usize, DbErr>(pending)
+        };
+        let applied = run.await.map_err(fail)?;
+        tracing::info!(applied, database = %self.database(), "migrations are up to date");
+        let _ = db.close().await;
+        Ok(())
+    }
+}

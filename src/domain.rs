@@ -1,0 +1,408 @@
+//! The signup event, parsed into domain types before anything touches the database.
+//!
+//! [`SignupRequest::parse`] is the only way to get a [`SignupRequest`], so every value the
+//! store sees already satisfies contract section 3. Validation is a plain function: the unit
+//! tests below reach it without servers.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Bodies above this size are invalid (contract section 3). Checked before parsing so that a
+/// huge body costs no JSON work.
+pub const MAX_BODY_BYTES: usize = 65_536;
+
+/// The only event type this worker consumes; also its routing key.
+pub const SIGNUP_REQUESTED: &str = "tenant.signup.requested";
+
+/// Why an event is invalid. The `Display` text goes into the `x-signup-error` header of the
+/// dead-lettered copy, so it names the field and the problem, never the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidEvent {
+    #[error("body is {0} bytes, over the {MAX_BODY_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+    #[error("body is not a JSON object")]
+    NotAnObject,
+    #[error("missing field `{0}`")]
+    MissingField(&'static str),
+    #[error("field `{field}` {problem}")]
+    BadField {
+        field: &'static str,
+        problem: &'static str,
+    },
+}
+
+impl InvalidEvent {
+    fn bad(field: &'static str, problem: &'static str) -> Self {
+        Self::BadField { field, problem }
+    }
+}
+
+/// A tenant slug: 3 to 63 characters of `a-z`, `0-9` and `-`, not starting or ending with `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slug(String);
+
+impl Slug {
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if !(3..=63).contains(&s.len()) {
+            return Err("must be 3 to 63 characters");
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err("may hold only a-z, 0-9 and -");
+        }
+        if s.starts_with('-') || s.ends_with('-') {
+            return Err("must not start or end with -");
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Slug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A business name: 1 to 200 characters, not blank once trimmed. Stored trimmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusinessName(String);
+
+impl BusinessName {
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let chars = s.chars().count();
+        if !(1..=200).contains(&chars) {
+            return Err("must be 1 to 200 characters");
+        }
+        let trimmed = s.trim();
+        if trimmed.is_empty() {
+            return Err("must not be blank");
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err("must not hold control characters");
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An owner e-mail address, checked for plausibility only: one `@`, both parts non-empty,
+/// no white space, at most 320 characters (the SMTP limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerEmail(String);
+
+impl OwnerEmail {
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if s.len() > 320 {
+            return Err("must be at most 320 characters");
+        }
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("must not hold white space");
+        }
+        match s.split_once('@') {
+            Some((local, domain)) if !local.is_empty() && !domain.is_empty() && !domain.contains('@') => {
+                Ok(Self(s.to_owned()))
+            }
+            _ => Err("must be an address with one @ and non-empty parts"),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The pricing tier a tenant signs up for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Starter,
+    Growth,
+    Enterprise,
+}
+
+impl Tier {
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        match s {
+            "starter" => Ok(Self::Starter),
+            "growth" => Ok(Self::Growth),
+            "enterprise" => Ok(Self::Enterprise),
+            _ => Err("must be one of starter, growth, enterprise"),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starter => "starter",
+            Self::Growth => "growth",
+            Self::Enterprise => "enterprise",
+        }
+    }
+}
+
+/// A valid `tenant.signup.requested` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignupRequest {
+    pub event_id: Uuid,
+    /// When the upstream says the signup happened. Not part of the validity rules of the
+    /// contract, so a missing or unreadable value is kept as `None` rather than rejected.
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub slug: Slug,
+    pub business_name: BusinessName,
+    pub owner_email: OwnerEmail,
+    pub tier: Tier,
+    pub is_demo: bool,
+}
+
+impl SignupRequest {
+    /// Parses and validates a message body (contract section 3). Unknown fields are ignored.
+    pub fn parse(body: &[u8]) -> Result<Self, InvalidEvent> {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(InvalidEvent::TooLarge(body.len()));
+        }
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| InvalidEvent::NotJson(e.to_string()))?;
+        let root = value.as_object().ok_or(InvalidEvent::NotAnObject)?;
+
+        let event_id = required_str(root, "event_id")?;
+        let event_id =
+            Uuid::parse_str(event_id).map_err(|_| InvalidEvent::bad("event_id", "must be a UUID"))?;
+        if required_str(root, "type")? != SIGNUP_REQUESTED {
+            return Err(InvalidEvent::bad("type", "must be tenant.signup.requested"));
+        }
+        match root.get("version") {
+            None | Some(Value::Null) => return Err(InvalidEvent::MissingField("version")),
+            Some(v) if v.as_i64() == Some(1) => {}
+            Some(_) => return Err(InvalidEvent::bad("version", "must be the integer 1")),
+        }
+        let occurred_at = root
+            .get("occurred_at")
+            .and_then(Value::as_str)
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.with_timezone(&Utc));
+
+        let tenant = match root.get("tenant") {
+            None | Some(Value::Null) => return Err(InvalidEvent::MissingField("tenant")),
+            Some(Value::Object(t)) => t,
+            Some(_) => return Err(InvalidEvent::bad("tenant", "must be an object")),
+        };
+        let slug = Slug::parse(required_str(tenant, "slug")?)
+            .map_err(|p| InvalidEvent::bad("tenant.slug", p))?;
+        let business_name = BusinessName::parse(required_str(tenant, "business_name")?)
+            .map_err(|p| InvalidEvent::bad("tenant.business_name", p))?;
+        let owner_email = OwnerEmail::parse(required_str(tenant, "owner_email")?)
+            .map_err(|p| InvalidEvent::bad("tenant.owner_email", p))?;
+        let tier =
+            Tier::parse(required_str(tenant, "tier")?).map_err(|p| InvalidEvent::bad("tenant.tier", p))?;
+        let is_demo = match tenant.get("is_demo") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(InvalidEvent::bad("tenant.is_demo", "must be a boolean")),
+        };
+
+        Ok(Self {
+            event_id,
+            occurred_at,
+            slug,
+            business_name,
+            owner_email,
+            tier,
+            is_demo,
+        })
+    }
+}
+
+fn required_str<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, InvalidEvent> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Err(InvalidEvent::MissingField(field)),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(InvalidEvent::bad(field, "must be a string")),
+    }
+}
+
+/// Builds a valid event body; used by the publisher and the tests.
+pub fn signup_body(
+    event_id: Uuid,
+    slug: &str,
+    business_name: &str,
+    owner_email: &str,
+    tier: Tier,
+    is_demo: bool,
+) -> Vec<u8> {
+    let body = serde_json::json!({
+        "event_id": event_id,
+        "type": SIGNUP_REQUESTED,
+        "version": 1,
+        "occurred_at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "tenant": {
+            "business_name": business_name,
+            "slug": slug,
+            "owner_email": owner_email,
+            "tier": tier.as_str(),
+            "is_demo": is_demo,
+        }
+    });
+    serde_json::to_vec(&body).expect("a json! value always serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn valid() -> Value {
+        json!({
+            "event_id": "7d0c8c52-3f3a-4e4e-9a55-2c1d0a3b9f10",
+            "type": "tenant.signup.requested",
+            "version": 1,
+            "occurred_at": "2026-11-22T12:00:00Z",
+            "tenant": {
+                "business_name": "Acme Bakery",
+                "slug": "acme-bakery",
+                "owner_email": "owner@acme.example",
+                "tier": "starter",
+                "is_demo": false
+            },
+            "unknown": {"ignored": true}
+        })
+    }
+
+    fn parse(v: &Value) -> Result<SignupRequest, InvalidEvent> {
+        SignupRequest::parse(&serde_json::to_vec(v).unwrap())
+    }
+
+    fn with(path: &[&str], new: Option<Value>) -> Value {
+        let mut v = valid();
+        let mut cur = &mut v;
+        for p in &path[..path.len() - 1] {
+            cur = cur.get_mut(*p).unwrap();
+        }
+        let obj = cur.as_object_mut().unwrap();
+        match new {
+            Some(x) => obj.insert(path[path.len() - 1].to_string(), x),
+            None => obj.remove(path[path.len() - 1]),
+        };
+        v
+    }
+
+    #[test]
+    fn the_contract_example_is_valid() {
+        let r = parse(&valid()).unwrap();
+        assert_eq!(r.slug.as_str(), "acme-bakery");
+        assert_eq!(r.tier, Tier::Starter);
+        assert!(!r.is_demo);
+        assert!(r.occurred_at.is_some());
+    }
+
+    #[test]
+    fn is_demo_missing_or_null_means_false() {
+        assert!(!parse(&with(&["tenant", "is_demo"], None)).unwrap().is_demo);
+        assert!(!parse(&with(&["tenant", "is_demo"], Some(Value::Null))).unwrap().is_demo);
+        assert!(parse(&with(&["tenant", "is_demo"], Some(json!(true)))).unwrap().is_demo);
+        assert!(parse(&with(&["tenant", "is_demo"], Some(json!("yes")))).is_err());
+    }
+
+    #[test]
+    fn occurred_at_is_optional() {
+        assert!(parse(&with(&["occurred_at"], None)).unwrap().occurred_at.is_none());
+        assert!(parse(&with(&["occurred_at"], Some(json!("yesterday")))).unwrap().occurred_at.is_none());
+    }
+
+    #[test]
+    fn not_json_and_not_object() {
+        assert!(matches!(SignupRequest::parse(b"{nope"), Err(InvalidEvent::NotJson(_))));
+        assert!(matches!(SignupRequest::parse(b""), Err(InvalidEvent::NotJson(_))));
+        assert_eq!(SignupRequest::parse(b"[1,2]"), Err(InvalidEvent::NotAnObject));
+    }
+
+    #[test]
+    fn oversized_body_is_rejected_before_parsing() {
+        let big = vec![b' '; MAX_BODY_BYTES + 1];
+        assert_eq!(SignupRequest::parse(&big), Err(InvalidEvent::TooLarge(MAX_BODY_BYTES + 1)));
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        for (path, name) in [
+            (&["event_id"][..], "event_id"),
+            (&["type"][..], "type"),
+            (&["version"][..], "version"),
+            (&["tenant"][..], "tenant"),
+            (&["tenant", "slug"][..], "slug"),
+            (&["tenant", "business_name"][..], "business_name"),
+            (&["tenant", "owner_email"][..], "owner_email"),
+            (&["tenant", "tier"][..], "tier"),
+        ] {
+            assert_eq!(parse(&with(path, None)), Err(InvalidEvent::MissingField(name)), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let cases: Vec<(&[&str], Value)> = vec![
+            (&["event_id"], json!("not-a-uuid")),
+            (&["event_id"], json!(42)),
+            (&["type"], json!("tenant.signup.completed")),
+            (&["version"], json!(2)),
+            (&["version"], json!("1")),
+            (&["version"], json!(1.5)),
+            (&["tenant"], json!("acme")),
+            (&["tenant", "slug"], json!("ab")),
+            (&["tenant", "slug"], json!("Acme-Bakery")),
+            (&["tenant", "slug"], json!("-acme")),
+            (&["tenant", "slug"], json!("acme-")),
+            (&["tenant", "slug"], json!("acme_bakery")),
+            (&["tenant", "slug"], json!("a".repeat(64))),
+            (&["tenant", "slug"], json!("ünï")),
+            (&["tenant", "business_name"], json!("")),
+            (&["tenant", "business_name"], json!("   ")),
+            (&["tenant", "business_name"], json!("x".repeat(201))),
+            (&["tenant", "owner_email"], json!("owner")),
+            (&["tenant", "owner_email"], json!("@acme.example")),
+            (&["tenant", "owner_email"], json!("owner@")),
+            (&["tenant", "owner_email"], json!("a@b@c")),
+            (&["tenant", "owner_email"], json!("own er@acme.example")),
+            (&["tenant", "tier"], json!("Starter")),
+            (&["tenant", "tier"], json!("platinum")),
+        ];
+        for (path, value) in cases {
+            let got = parse(&with(path, Some(value.clone())));
+            assert!(matches!(got, Err(InvalidEvent::BadField { .. })), "{path:?} = {value}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn boundaries_that_are_valid() {
+        assert!(parse(&with(&["tenant", "slug"], Some(json!("a".repeat(63))))).is_ok());
+        assert!(parse(&with(&["tenant", "slug"], Some(json!("a-1")))).is_ok());
+        assert!(parse(&with(&["tenant", "business_name"], Some(json!("é".repeat(200))))).is_ok());
+        let padded = parse(&with(&["tenant", "business_name"], Some(json!("  Acme  ")))).unwrap();
+        assert_eq!(padded.business_name.as_str(), "Acme");
+    }
+
+    #[test]
+    fn error_text_never_echoes_the_value() {
+        let err = parse(&with(&["tenant", "owner_email"], Some(json!("secret-person")))).unwrap_err();
+        assert!(!err.to_string().contains("secret-person"));
+    }
+
+    #[test]
+    fn signup_body_round_trips() {
+        let id = Uuid::new_v4();
+        let body = signup_body(id, "round-trip", "Round Trip", "a@b.example", Tier::Growth, true);
+        let r = SignupRequest::parse(&body).unwrap();
+        assert_eq!((r.event_id, r.tier, r.is_demo), (id, Tier::Growth, true));
+    }
+}

@@ -1,0 +1,372 @@
+//! Storing a batch of signups in one transaction, exactly once, without burning numbers.
+//!
+//! The numbering trigger calls `nextval()` for every row that reaches INSERT, and a sequence
+//! never gives a number back. So no duplicate and no slug conflict may reach INSERT, even
+//! when its twin is in flight in another replica. One transaction per batch:
+//!
+//! 1. `signup_lock_keys`: advisory locks on every event id and slug of the batch, in one global
+//!    order (no deadlock between batches). Whoever held a key before us has committed or
+//!    rolled back by the time we get it.
+//! 2. Read the stored rows for those keys (a fresh READ COMMITTED snapshot, so it sees them).
+//! 3. [`plan`] (a pure function) decides each event in delivery order, as if they had come
+//!    one by one: duplicate of a stored or earlier event, slug taken, or new.
+//! 4. One multi-row INSERT of the new events only; the trigger numbers them in that order.
+//!
+//! A duplicate therefore costs one lookup, never a number, and never fails its batch-mates.
+
+use std::collections::HashMap;
+
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, Statement, TransactionTrait,
+    Value,
+};
+use uuid::Uuid;
+
+use crate::domain::SignupRequest;
+
+/// A tenant as stored, with what an outcome event needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTenant {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub slug: String,
+    pub is_demo: bool,
+    pub founding_member_number: Option<i32>,
+}
+
+/// How one event of a batch was resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// A new tenant. `exhausted`: not a demo, yet no number was left for it.
+    Created { tenant: StoredTenant, exhausted: bool },
+    /// The event id was already stored (or came earlier in the batch). `slug_differs`: the
+    /// copy names another slug than the stored tenant (a conflict of kind `event_id`).
+    Duplicate { tenant: StoredTenant, slug_differs: bool },
+    /// Another event owns the slug.
+    SlugTaken,
+}
+
+/// The decision for one event before the insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Insert,
+    /// Same event id as `existing[i]`.
+    DuplicateOfStored(usize),
+    /// Same event id as the earlier batch event `j`, which is inserted by this batch.
+    DuplicateOfBatch(usize),
+    SlugTaken,
+}
+
+/// Decides every event of a batch, in order, against the stored rows that share a key with
+/// it. Pure: the unit tests below check the rules without a database.
+pub fn plan(requests: &[&SignupRequest], existing: &[StoredTenant]) -> Vec<Step> {
+    enum Owner {
+        Stored(usize),
+        Batch(usize),
+    }
+    let mut by_event: HashMap<Uuid, Owner> = HashMap::new();
+    let mut slugs: HashMap<&str, ()> = HashMap::new();
+    for (i, t) in existing.iter().enumerate() {
+        by_event.insert(t.event_id, Owner::Stored(i));
+        slugs.insert(t.slug.as_str(), ());
+    }
+    let mut steps = Vec::with_capacity(requests.len());
+    for (j, req) in requests.iter().enumerate() {
+        let step = match by_event.get(&req.event_id) {
+            Some(Owner::Stored(i)) => Step::DuplicateOfStored(*i),
+            Some(Owner::Batch(k)) => Step::DuplicateOfBatch(*k),
+            None if slugs.contains_key(req.slug.as_str()) => Step::SlugTaken,
+            None => {
+                by_event.insert(req.event_id, Owner::Batch(j));
+                slugs.insert(req.slug.as_str(), ());
+                Step::Insert
+            }
+        };
+        steps.push(step);
+    }
+    steps
+}
+
+fn stmt(sql: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+const LOCK_SQL: &str = "SELECT signup_lock_keys($1::uuid[], $2::text[])";
+
+const EXISTING_SQL: &str = "SELECT id, event_id, slug, is_demo, founding_member_number \
+     FROM tenants WHERE event_id = ANY($1::uuid[]) OR slug = ANY($2::text[])";
+
+// `unnest` yields the rows in array order, which is delivery order: the trigger numbers the
+// batch's tenants in the order their events arrived.
+const INSERT_SQL: &str = "INSERT INTO tenants \
+     (event_id, slug, business_name, owner_email, tier, is_demo, occurred_at) \
+     SELECT u.event_id, u.slug, u.business_name, u.owner_email, u.tier, u.is_demo, \
+            nullif(u.occurred_at, '')::timestamptz \
+     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::text[]) \
+          AS u(event_id, slug, business_name, owner_email, tier, is_demo, occurred_at) \
+     RETURNING id, event_id, slug, is_demo, founding_member_number";
+
+fn tenant_from_row(row: &QueryResult) -> Result<StoredTenant, DbErr> {
+    Ok(StoredTenant {
+        id: row.try_get("", "id")?,
+        event_id: row.try_get("", "event_id")?,
+        slug: row.try_get("", "slug")?,
+        is_demo: row.try_get("", "is_demo")?,
+        founding_member_number: row.try_get("", "founding_member_number")?,
+    })
+}
+
+/// Stores a batch in one transaction and says, per request and in order, what happened.
+/// On error nothing was committed; the caller classifies the error with
+/// [`crate::error::classify_db`] and retries.
+pub async fn store_batch(
+    db: &DatabaseConnection,
+    requests: &[&SignupRequest],
+) -> Result<Vec<Resolution>, DbErr> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let event_ids: Vec<Uuid> = requests.iter().map(|r| r.event_id).collect();
+    let slugs: Vec<String> = requests.iter().map(|r| r.slug.as_str().to_owned()).collect();
+
+    let txn = db.begin().await?;
+    txn.execute(stmt(LOCK_SQL, vec![event_ids.clone().into(), slugs.clone().into()]))
+        .await?;
+    let existing = txn
+        .query_all(stmt(EXISTING_SQL, vec![event_ids.into(), slugs.into()]))
+        .await?
+        .iter()
+        .map(tenant_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let steps = plan(requests, &existing);
+    let new: Vec<&SignupRequest> = requests
+        .iter()
+        .zip(&steps)
+        .filter(|(_, s)| **s == Step::Insert)
+        .map(|(r, _)| *r)
+        .collect();
+
+    let mut inserted: HashMap<Uuid, StoredTenant> = HashMap::with_capacity(new.len());
+    if !new.is_empty() {
+        let col = |f: &dyn Fn(&SignupRequest) -> String| -> Value {
+            new.iter().map(|r| f(r)).collect::<Vec<String>>().into()
+        };
+        let values = vec![
+            new.iter().map(|r| r.event_id).collect::<Vec<Uuid>>().into(),
+            col(&|r| r.slug.as_str().to_owned()),
+            col(&|r| r.business_name.as_str().to_owned()),
+            col(&|r| r.owner_email.as_str().to_owned()),
+            col(&|r| r.tier.as_str().to_owned()),
+            new.iter().map(|r| r.is_demo).collect::<Vec<bool>>().into(),
+            col(&|r| r.occurred_at.map(|t| t.to_rfc3339()).unwrap_or_default()),
+        ];
+        for row in txn.query_all(stmt(INSERT_SQL, values)).await? {
+            let t = tenant_from_row(&row)?;
+            inserted.insert(t.event_id, t);
+        }
+    }
+    txn.commit().await?;
+
+    let inserted_tenant = |event_id: &Uuid| -> Result<StoredTenant, DbErr> {
+        inserted.get(event_id).cloned().ok_or_else(|| {
+            DbErr::Custom(format!("INSERT did not return the row of event {event_id}"))
+        })
+    };
+    requests
+        .iter()
+        .zip(steps)
+        .map(|(req, step)| {
+            Ok(match step {
+                Step::Insert => {
+                    let tenant = inserted_tenant(&req.event_id)?;
+                    let exhausted = !tenant.is_demo && tenant.founding_member_number.is_none();
+                    Resolution::Created { tenant, exhausted }
+                }
+                Step::DuplicateOfStored(i) => duplicate(req, existing[i].clone()),
+                Step::DuplicateOfBatch(_) => duplicate(req, inserted_tenant(&req.event_id)?),
+                Step::SlugTaken => Resolution::SlugTaken,
+            })
+        })
+        .collect()
+}
+
+fn duplicate(req: &SignupRequest, tenant: StoredTenant) -> Resolution {
+    let slug_differs = tenant.slug != req.slug.as_str();
+    Resolution::Duplicate {
+        tenant,
+        slug_differs,
+    }
+}
+
+/// The founding-member programme as the database sees it (contract section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct FoundingStats {
+    /// The sequence's MAXVALUE.
+    pub capacity: i64,
+    /// The highest number the sequence has handed out (0 before the first).
+    pub position: i64,
+    /// Tenants holding a number.
+    pub assigned: i64,
+}
+
+impl FoundingStats {
+    pub fn remaining(&self) -> i64 {
+        self.capacity - self.position
+    }
+
+    pub fn burned(&self) -> i64 {
+        self.position - self.assigned
+    }
+}
+
+// pg_sequences.last_value is NULL until the first nextval(). The count reads only the partial
+// unique index, which holds at most `capacity` entries, however many tenants exist.
+const STATS_SQL: &str = "SELECT s.max_value::bigint AS capacity, \
+            coalesce(s.last_value, 0)::bigint AS position, \
+            (SELECT count(*) FROM tenants WHERE founding_member_number IS NOT NULL)::bigint AS assigned \
+     FROM pg_sequences s \
+     WHERE s.schemaname = current_schema() AND s.sequencename = 'founding_member_number_seq'";
+
+pub async fn founding_stats(db: &impl ConnectionTrait) -> Result<FoundingStats, DbErr> {
+    let row = db
+        .query_one(stmt(STATS_SQL, vec![]))
+        .await?
+        .ok_or_else(|| DbErr::Custom("founding_member_number_seq does not exist: run `signup-worker migrate`".into()))?;
+    Ok(FoundingStats {
+        capacity: row.try_get("", "capacity")?,
+        position: row.try_get("", "position")?,
+        assigned: row.try_get("", "assigned")?,
+    })
+}
+
+/// Why `founding set-capacity` refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CapacityError {
+    #[error("capacity must be between 1 and {max}, got {0}", max = i32::MAX)]
+    OutOfRange(i64),
+    #[error("capacity {requested} is below the sequence position {position}: numbers up to {position} are already handed out")]
+    BelowPosition { requested: i64, position: i64 },
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+/// Changes the bound (the sequence's MAXVALUE). Refuses to go below the position.
+///
+/// The position is read first for a clear refusal; if it moves past the new bound between the
+/// read and the ALTER, PostgreSQL itself refuses the ALTER (SQLSTATE 22023), which is mapped to
+/// the same refusal. ALTER SEQUENCE blocks concurrent nextval() until commit.
+pub async fn set_capacity(db: &DatabaseConnection, capacity: i64) -> Result<FoundingStats, CapacityError> {
+    if !(1..=i64::from(i32::MAX)).contains(&capacity) {
+        return Err(CapacityError::OutOfRange(capacity));
+    }
+    let before = founding_stats(db).await?;
+    if capacity < before.position {
+        return Err(CapacityError::BelowPosition {
+            requested: capacity,
+            position: before.position,
+        });
+    }
+    let txn = db.begin().await?;
+    // `capacity` is a checked integer, so formatting it into DDL (which takes no parameters)
+    // is safe.
+    let alter = format!("ALTER SEQUENCE founding_member_number_seq MAXVALUE {capacity}");
+    if let Err(e) = txn.execute_unprepared(&alter).await {
+        if sqlstate(&e).as_deref() == Some("22023") {
+            let now = founding_stats(db).await?;
+            return Err(CapacityError::BelowPosition {
+                requested: capacity,
+                position: now.position,
+            });
+        }
+        return Err(e.into());
+    }
+    let after = founding_stats(&txn).await?;
+    txn.commit().await?;
+    Ok(after)
+}
+
+/// The SQLSTATE of a database error, if it is one.
+pub fn sqlstate(err: &DbErr) -> Option<String> {
+    use sea_orm::{sqlx, RuntimeErr};
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Database(e)))
+        | DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(e)))
+        | DbErr::Conn(RuntimeErr::SqlxError(sqlx::Error::Database(e))) => e.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{signup_body, Tier};
+
+    fn req(event_id: Uuid, slug: &str) -> SignupRequest {
+        SignupRequest::parse(&signup_body(event_id, slug, "Name", "a@b.example", Tier::Starter, false)).unwrap()
+    }
+
+    fn stored(event_id: Uuid, slug: &str) -> StoredTenant {
+        StoredTenant {
+            id: 1,
+            event_id,
+            slug: slug.into(),
+            is_demo: false,
+            founding_member_number: Some(1),
+        }
+    }
+
+    #[test]
+    fn new_events_are_inserted() {
+        let (a, b) = (req(Uuid::new_v4(), "aaa"), req(Uuid::new_v4(), "bbb"));
+        assert_eq!(plan(&[&a, &b], &[]), vec![Step::Insert, Step::Insert]);
+    }
+
+    #[test]
+    fn stored_event_id_is_a_duplicate_whatever_its_slug() {
+        let id = Uuid::new_v4();
+        let existing = [stored(id, "aaa")];
+        assert_eq!(plan(&[&req(id, "aaa")], &existing), vec![Step::DuplicateOfStored(0)]);
+        assert_eq!(plan(&[&req(id, "zzz")], &existing), vec![Step::DuplicateOfStored(0)]);
+    }
+
+    #[test]
+    fn slug_of_another_event_is_taken() {
+        let existing = [stored(Uuid::new_v4(), "aaa")];
+        assert_eq!(plan(&[&req(Uuid::new_v4(), "aaa")], &existing), vec![Step::SlugTaken]);
+    }
+
+    #[test]
+    fn copies_inside_one_batch_resolve_as_if_sequential() {
+        let id = Uuid::new_v4();
+        let first = req(id, "aaa");
+        let copy = req(id, "aaa");
+        let rival = req(Uuid::new_v4(), "aaa");
+        assert_eq!(
+            plan(&[&first, &copy, &rival], &[]),
+            vec![Step::Insert, Step::DuplicateOfBatch(0), Step::SlugTaken]
+        );
+    }
+
+    #[test]
+    fn a_copy_of_a_rejected_event_is_judged_on_its_own_slug() {
+        let id = Uuid::new_v4();
+        let existing = [stored(Uuid::new_v4(), "aaa")];
+        let rejected = req(id, "aaa");
+        let retry_elsewhere = req(id, "bbb");
+        assert_eq!(
+            plan(&[&rejected, &retry_elsewhere], &existing),
+            vec![Step::SlugTaken, Step::Insert]
+        );
+    }
+
+    #[test]
+    fn stats_arithmetic() {
+        let s = FoundingStats {
+            capacity: 100,
+            position: 10,
+            assigned: 8,
+        };
+        assert_eq!((s.remaining(), s.burned()), (90, 2));
+    }
+}

@@ -1,8 +1,32 @@
+//! signup-worker: consumes tenant-signup events from RabbitMQ and creates tenants in
+//! PostgreSQL exactly once, numbering the first N non-demo tenants as founding members.
+//!
+//! # Layout
+//!
+//! - [`domain`]: the event, parsed into domain types before any I/O.
+//! - [`store`]: one transaction per batch; duplicates and slug conflicts are resolved before
+//!   the numbering trigger can see them, so no number is ever wasted on them.
+//! - [`error`]: the one place where database errors are classified (by SQLSTATE and
+//!   constraint name) into "wait for the outage" or "retry, then dead-letter".
+//! - [`worker`]: the consume loop: batches, retries, dead letters, acks after commit,
+//!   reconnection, graceful shutdown.
+//! - [`amqp`]: topology, confirmed publishing and outcome events.
+//! - [`metrics`]: every metric, declared once. [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`cli`], [`app`], [`publish`], [`admin`], [`db`], [`telemetry`]: the command line and
+//!   the one-shot commands.
+//!
+//! The README explains the design and how it is tested.
+
+pub mod admin;
 pub mod amqp;
+pub mod app;
+pub mod cli;
 pub mod db;
 pub mod domain;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod publish;
 pub mod store;
+pub mod telemetry;
 pub mod worker;

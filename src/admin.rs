@@ -1,0 +1,166 @@
+//! One-shot admin commands: `status`, `founding set-capacity`, `dlq replay`.
+
+use anyhow::Context as _;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use serde::Serialize;
+
+use crate::amqp::{self, Topology};
+use crate::db::DbTarget;
+use crate::domain::SIGNUP_REQUESTED;
+use crate::store::{self, FoundingStats};
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Founding {
+    pub capacity: i64,
+    pub position: i64,
+    pub assigned: i64,
+    pub burned: i64,
+    pub remaining: i64,
+}
+
+impl From<FoundingStats> for Founding {
+    fn from(s: FoundingStats) -> Self {
+        Self {
+            capacity: s.capacity,
+            position: s.position,
+            assigned: s.assigned,
+            burned: s.burned(),
+            remaining: s.remaining(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Queues {
+    pub main: QueueDepth,
+    pub retry: QueueDepth,
+    pub dlq: QueueDepth,
+}
+
+/// `status --json` (contract section 5).
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub founding: Founding,
+    pub queues: Queues,
+}
+
+impl StatusReport {
+    pub fn human(&self, topology: &Topology) -> String {
+        let f = &self.founding;
+        let q = &self.queues;
+        let row = |name: String, d: &QueueDepth| format!("  {name:<40} {:>9} {:>10}\n", d.messages, d.consumers);
+        let mut out = format!(
+            "Founding-member programme\n  capacity  {:>8}\n  assigned  {:>8}   tenants holding a number\n  position  {:>8}   highest number handed out\n  burned    {:>8}   numbers lost to transactions that never committed\n  remaining {:>8}\n\nQueues{:>45} {:>10}\n",
+            f.capacity, f.assigned, f.position, f.burned, f.remaining, "messages", "consumers"
+        );
+        out += &row(topology.queue.clone(), &q.main);
+        out += &row(topology.retry_queue(), &q.retry);
+        out += &row(topology.dead_letter_queue(), &q.dlq);
+        out
+    }
+}
+
+async fn queue_depth(conn: &Connection, name: &str) -> anyhow::Result<QueueDepth> {
+    // A passive declare that fails (no such queue) closes its channel: one channel each.
+    let channel = conn.create_channel().await?;
+    let result = channel
+        .queue_declare(name.into(), QueueDeclareOptions::default().passive(), FieldTable::default())
+        .await;
+    let depth = match result {
+        Ok(q) => QueueDepth {
+            messages: q.message_count(),
+            consumers: q.consumer_count(),
+        },
+        // Not declared yet: nothing waits there.
+        Err(_) => QueueDepth {
+            messages: 0,
+            consumers: 0,
+        },
+    };
+    let _ = channel.close(200, "status".into()).await;
+    Ok(depth)
+}
+
+pub async fn status(database_url: &str, amqp_url: &str, topology: &Topology) -> anyhow::Result<StatusReport> {
+    let target = DbTarget::parse(database_url)?;
+    let db = target.connect(1).await?;
+    let stats = store::founding_stats(&db)
+        .await
+        .with_context(|| format!("reading the founding programme on {}", target.server))?;
+    let _ = db.close().await;
+
+    let conn = amqp::connect(amqp_url, "signup-worker status").await?;
+    let queues = Queues {
+        main: queue_depth(&conn, &topology.queue).await?,
+        retry: queue_depth(&conn, &topology.retry_queue()).await?,
+        dlq: queue_depth(&conn, &topology.dead_letter_queue()).await?,
+    };
+    let _ = conn.close(200, "status done".into()).await;
+    Ok(StatusReport {
+        founding: stats.into(),
+        queues,
+    })
+}
+
+pub async fn set_capacity(database_url: &str, capacity: i64) -> anyhow::Result<FoundingStats> {
+    let target = DbTarget::parse(database_url)?;
+    let db = target.connect(1).await?;
+    let result = store::set_capacity(&db, capacity).await;
+    let _ = db.close().await;
+    Ok(result?)
+}
+
+/// Headers that describe a message's past failures; a replayed message starts afresh.
+const FAILURE_HEADERS: &[&str] = &[
+    amqp::ERROR_HEADER,
+    amqp::ATTEMPTS_HEADER,
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+    "x-delivery-count",
+];
+
+/// Moves up to `limit` dead-lettered messages back to the exchange with routing key
+/// `tenant.signup.requested`. Each is acked on the DLQ only after its republish is confirmed,
+/// so a crash in between duplicates a message (harmless) and never loses one.
+pub async fn dlq_replay(amqp_url: &str, topology: &Topology, limit: Option<u64>) -> anyhow::Result<u64> {
+    let conn = amqp::connect(amqp_url, "signup-worker dlq replay").await?;
+    let channel = amqp::confirm_channel(&conn).await?;
+    topology.declare(&channel).await.context("declaring the topology")?;
+    let dlq = topology.dead_letter_queue();
+    let mut moved = 0;
+    while limit.is_none_or(|l| moved < l) {
+        let Some(message) = channel.basic_get(dlq.as_str().into(), BasicGetOptions::default()).await? else {
+            break;
+        };
+        let delivery = message.delivery;
+        let mut props = delivery.properties.clone();
+        if let Some(headers) = delivery.properties.headers() {
+            let mut kept = FieldTable::default();
+            for (name, value) in headers.inner() {
+                if !FAILURE_HEADERS.contains(&name.as_str()) {
+                    kept.insert(name.clone(), value.clone());
+                }
+            }
+            props = props.with_headers(kept);
+        }
+        let confirm = amqp::publish(&channel, &topology.exchange, SIGNUP_REQUESTED, &delivery.data, props, true).await?;
+        amqp::confirmed(confirm, &topology.queue).await?;
+        channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default()).await?;
+        moved += 1;
+    }
+    let _ = conn.close(200, "dlq replay done".into()).await;
+    Ok(moved)
+}

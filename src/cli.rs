@@ -1,0 +1,213 @@
+//! The command line of contract section 1 and the settings of section 2. Every setting is a
+//! flag and an environment variable; the flag wins.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::amqp::{QueueType, Topology};
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/signup_worker";
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "signup-worker",
+    version,
+    about = "Consumes tenant-signup events from RabbitMQ and creates tenants in PostgreSQL exactly once, \
+             numbering the first N non-demo tenants as founding members.",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// PostgreSQL URL
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true, hide_env_values = true)]
+    pub database_url: String,
+    /// RabbitMQ URL
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, global = true, hide_env_values = true)]
+    pub amqp_url: String,
+    /// Durable topic exchange that publishers send to and outcomes go to
+    #[arg(long, env = "SIGNUP_EXCHANGE", default_value = "tenant.events", global = true)]
+    pub signup_exchange: String,
+    /// Queue bound with tenant.signup.requested; `<queue>.retry` and `<queue>.dlq` go with it
+    #[arg(long, env = "SIGNUP_QUEUE", default_value = "tenant.signups", global = true)]
+    pub signup_queue: String,
+    /// Type of the queues
+    #[arg(long, env = "SIGNUP_QUEUE_TYPE", value_enum, default_value = "quorum", global = true)]
+    pub signup_queue_type: QueueType,
+    /// Log format
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+impl GlobalArgs {
+    pub fn topology(&self) -> Topology {
+        Topology {
+            exchange: self.signup_exchange.clone(),
+            queue: self.signup_queue.clone(),
+            queue_type: self.signup_queue_type,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if needed and apply pending migrations (under an advisory lock)
+    Migrate(MigrateArgs),
+    /// Run the worker until SIGTERM or SIGINT
+    Run(RunArgs),
+    /// Publish synthetic signup events (load and demo), with publisher confirms
+    Publish(PublishArgs),
+    /// Show the founding-member programme and the queue depths
+    Status(StatusArgs),
+    /// Manage the founding-member programme
+    Founding {
+        #[command(subcommand)]
+        command: FoundingCommand,
+    },
+    /// Manage the dead-letter queue
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CapacityArg {
+    /// Founding-member capacity N, used only when the founding sequence is first created
+    #[arg(long, env = "FOUNDING_CAPACITY", default_value_t = 100, value_parser = clap::value_parser!(i32).range(1..))]
+    pub founding_capacity: i32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub capacity: CapacityArg,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub capacity: CapacityArg,
+    /// Listener for /metrics, /healthz and /readyz
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9464")]
+    pub metrics_addr: SocketAddr,
+    /// Unacked deliveries the broker may push to this replica: two batches, one being stored
+    /// while the next fills. Bounded so that memory stays flat and the backlog stays visible
+    /// as ready messages to autoscalers.
+    #[arg(long, env = "PREFETCH", default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: u16,
+    /// Most events stored in one transaction (at most PREFETCH)
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub batch_size: u16,
+    /// Deliveries of one event that end in a transient error before it is dead-lettered
+    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_deliveries: u32,
+    /// Do not apply pending migrations at start
+    #[arg(long)]
+    pub no_migrate: bool,
+}
+
+fn ratio(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` is not a ratio between 0 and 1"))
+    }
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v > 0.0 && v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` must be a positive number of messages per second"))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// Number of messages to publish
+    #[arg(long, default_value_t = 1000)]
+    pub count: u64,
+    /// Share of messages that republish an earlier event (same event id)
+    #[arg(long, default_value = "0", value_parser = ratio)]
+    pub duplicates: f64,
+    /// Share of messages that are new events reusing an earlier slug
+    #[arg(long, default_value = "0", value_parser = ratio)]
+    pub slug_collisions: f64,
+    /// Share of messages that are invalid (not JSON, schema, size)
+    #[arg(long, default_value = "0", value_parser = ratio)]
+    pub invalid: f64,
+    /// Share of new events that are demo tenants
+    #[arg(long, default_value = "0", value_parser = ratio)]
+    pub demo: f64,
+    /// Cap on messages per second (default: as fast as confirms allow)
+    #[arg(long, value_parser = positive_rate)]
+    pub rate: Option<f64>,
+    /// Do not draw a progress bar
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Print one JSON object
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FoundingCommand {
+    /// Change the founding-member capacity; refuses to go below the highest number handed out
+    SetCapacity {
+        /// The new capacity N
+        capacity: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Move dead-lettered messages back onto the main queue
+    Replay {
+        /// At most this many messages (default: all)
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from(["signup-worker", "publish", "--count", "5", "--duplicates", "0.5"]).unwrap();
+        assert!(matches!(cli.command, Command::Publish(p) if p.count == 5 && p.duplicates == 0.5));
+        assert!(Cli::try_parse_from(["signup-worker", "publish", "--duplicates", "2"]).is_err());
+        assert!(Cli::try_parse_from(["signup-worker", "run", "--bogus"]).is_err());
+        let cli = Cli::try_parse_from(["signup-worker", "founding", "set-capacity", "7"]).unwrap();
+        assert!(matches!(cli.command, Command::Founding { command: FoundingCommand::SetCapacity { capacity: 7 } }));
+    }
+}

@@ -6,7 +6,11 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::LogFormat;
 
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The defaults quiet two chatty dependencies: PostgreSQL NOTICEs relayed by sqlx ("relation
+    // already exists, skipping" on every idempotent migration run) and lapin's own error line
+    // for a channel it closes during a normal shutdown. RUST_LOG overrides all of it.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn,lapin=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

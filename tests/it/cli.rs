@@ -1,0 +1,77 @@
+//! The command line as a user meets it: help, bad flags, unreachable servers.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::helpers::BIN;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String, Duration) {
+    let start = Instant::now();
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        start.elapsed(),
+    )
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in [
+        &["--help"][..],
+        &["migrate", "--help"],
+        &["run", "--help"],
+        &["publish", "--help"],
+        &["status", "--help"],
+        &["founding", "set-capacity", "--help"],
+        &["dlq", "replay", "--help"],
+    ] {
+        let (ok, stdout, _, _) = run(sub, &[]);
+        assert!(ok && stdout.contains("Usage"), "{sub:?}");
+    }
+    let (_, stdout, _, _) = run(&["run", "--help"], &[]);
+    for setting in ["PREFETCH", "METRICS_ADDR", "MAX_DELIVERIES", "DATABASE_URL", "AMQP_URL", "SIGNUP_QUEUE_TYPE", "FOUNDING_CAPACITY"] {
+        assert!(stdout.contains(setting), "run --help names {setting}");
+    }
+    assert!(stdout.contains("default: 200"), "run --help shows the prefetch default");
+}
+
+#[test]
+fn a_bad_flag_is_named_and_fails() {
+    for args in [&["run", "--prefetchh", "3"][..], &["publish", "--duplicates", "7"], &["status", "--jsn"], &["founding", "set-capacity", "lots"]] {
+        let (ok, _, stderr, _) = run(args, &[]);
+        assert!(!ok, "{args:?}");
+        assert!(stderr.contains("error"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    let (_, _, stderr, _) = run(&["run", "--prefetchh", "3"], &[]);
+    assert!(stderr.contains("--prefetchh"));
+}
+
+#[test]
+fn one_shot_commands_fail_fast_on_unreachable_servers() {
+    let no_pg = ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere");
+    let no_mq = ("AMQP_URL", "amqp://guest:secret@127.0.0.1:1/%2f");
+    let cases: Vec<(&[&str], (&str, &str), &str)> = vec![
+        (&["migrate"], no_pg, "PostgreSQL at 127.0.0.1:1"),
+        (&["status"], no_pg, "PostgreSQL at 127.0.0.1:1"),
+        (&["founding", "set-capacity", "10"], no_pg, "PostgreSQL at 127.0.0.1:1"),
+        (&["publish", "--count", "1"], no_mq, "RabbitMQ at amqp://guest:***@127.0.0.1:1"),
+        (&["dlq", "replay"], no_mq, "RabbitMQ at amqp://guest:***@127.0.0.1:1"),
+    ];
+    for (args, env, server) in cases {
+        let (ok, _, stderr, took) = run(args, &[env, ("RUST_LOG", "off")]);
+        assert!(!ok, "{args:?}");
+        assert!(took < Duration::from_secs(30), "{args:?} took {took:?}");
+        let lines: Vec<_> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one error line, got {stderr}");
+        assert!(lines[0].starts_with("error: ") && lines[0].contains(server), "{args:?}: {stderr}");
+        assert!(!stderr.contains("secret"), "the password never shows");
+    }
+}

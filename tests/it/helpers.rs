@@ -1,0 +1,429 @@
+//! The test harness: a [`TestEnv`] per test (database, exchange, queues, an outcome capture
+//! queue) and [`Worker`] processes of the real binary.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use signup_worker::amqp::{self, OutcomeEvent, QueueType, Topology};
+use signup_worker::db::DbTarget;
+use signup_worker::domain::{signup_body, Tier, SIGNUP_REQUESTED};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_signup-worker");
+pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Generous: CI machines are small and tests run two at a time.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Polls `cond` until it holds or `DEADLINE` passes, then panics with `what`.
+pub async fn wait_for<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub struct TestEnv {
+    pub id: String,
+    pub db_name: String,
+    pub db_url: String,
+    pub topology: Topology,
+    pub outcome_queue: String,
+    pub db: DatabaseConnection,
+    conn: Connection,
+    channel: Channel,
+    outcomes: Mutex<Vec<OutcomeEvent>>,
+}
+
+impl TestEnv {
+    /// A fresh database migrated by the binary itself with this founding capacity, and a
+    /// declared topology with an outcome capture queue.
+    pub async fn new(capacity: i32) -> Self {
+        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let db_name = format!("signup_test_{id}");
+        let db_url = format!("{PG_SERVER}/{db_name}");
+        let topology = Topology {
+            exchange: format!("test.{id}.events"),
+            queue: format!("test.{id}.signups"),
+            queue_type: QueueType::Quorum,
+        };
+        let out = Command::new(BIN)
+            .args(["migrate", "--founding-capacity", &capacity.to_string()])
+            .env("DATABASE_URL", &db_url)
+            .output()
+            .expect("run signup-worker migrate");
+        assert!(out.status.success(), "migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+
+        // One connection: the fault tests terminate every other backend of the database.
+        let db = DbTarget::parse(&db_url).unwrap().connect(1).await.unwrap();
+        let conn = amqp::connect(AMQP_URL, &format!("test harness {id}")).await.unwrap();
+        let channel = amqp::confirm_channel(&conn).await.unwrap();
+        topology.declare(&channel).await.unwrap();
+        let outcome_queue = format!("test.{id}.outcomes");
+        channel
+            .queue_declare(outcome_queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                outcome_queue.as_str().into(),
+                topology.exchange.as_str().into(),
+                "tenant.signup.*".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Self {
+            id,
+            db_name,
+            db_url,
+            topology,
+            outcome_queue,
+            db,
+            conn,
+            channel,
+            outcomes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The binary, pointed at this test's database and queues.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env("DATABASE_URL", &self.db_url)
+            .env("AMQP_URL", AMQP_URL)
+            .env("SIGNUP_EXCHANGE", &self.topology.exchange)
+            .env("SIGNUP_QUEUE", &self.topology.queue)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info");
+        cmd
+    }
+
+    pub fn spawn_worker(&self, extra: &[(&str, &str)]) -> Worker {
+        let mut cmd = self.command();
+        cmd.args(["run", "--metrics-addr", "127.0.0.1:0"]);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        Worker::spawn(cmd)
+    }
+
+    pub async fn publish_raw(&self, body: &[u8], message_id: &str) {
+        let props = amqp::json_properties().with_message_id(message_id.into());
+        let c = amqp::publish(&self.channel, &self.topology.exchange, SIGNUP_REQUESTED, body, props, true)
+            .await
+            .unwrap();
+        amqp::confirmed(c, &self.topology.queue).await.unwrap();
+    }
+
+    /// Publishes a batch with all confirms awaited at the end.
+    pub async fn publish_many(&self, bodies: &[(Vec<u8>, String)]) {
+        let mut pending = Vec::new();
+        for (body, id) in bodies {
+            let props = amqp::json_properties().with_message_id(id.as_str().into());
+            pending.push(
+                amqp::publish(&self.channel, &self.topology.exchange, SIGNUP_REQUESTED, body, props, true)
+                    .await
+                    .unwrap(),
+            );
+        }
+        for c in pending {
+            amqp::confirmed(c, &self.topology.queue).await.unwrap();
+        }
+    }
+
+    /// Collects outcome events published so far and returns all collected.
+    pub async fn outcomes(&self) -> Vec<OutcomeEvent> {
+        loop {
+            let got = self
+                .channel
+                .basic_get(self.outcome_queue.as_str().into(), BasicGetOptions::default())
+                .await
+                .unwrap();
+            let Some(msg) = got else { break };
+            let event: OutcomeEvent = serde_json::from_slice(&msg.delivery.data).unwrap();
+            let correlation = msg.delivery.properties.correlation_id().as_ref().map(|c| c.to_string());
+            assert_eq!(correlation, event.event_id, "correlation_id is the event id");
+            self.outcomes.lock().unwrap().push(event);
+            self.channel
+                .basic_ack(msg.delivery.delivery_tag, BasicAckOptions::default())
+                .await
+                .unwrap();
+        }
+        self.outcomes.lock().unwrap().clone()
+    }
+
+    pub async fn wait_outcomes(&self, n: usize) -> Vec<OutcomeEvent> {
+        wait_for(&format!("{n} outcome events"), || async { self.outcomes().await.len() >= n }).await;
+        self.outcomes().await
+    }
+
+    /// Messages ready in a queue (passive declare on a fresh channel).
+    pub async fn queue_messages(&self, name: &str) -> u32 {
+        let ch = self.conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(name.into(), QueueDeclareOptions::default().passive(), FieldTable::default())
+            .await
+            .unwrap();
+        let _ = ch.close(200, "".into()).await;
+        q.message_count()
+    }
+
+    /// Takes every message from the DLQ: (body, x-signup-error).
+    pub async fn take_dead_letters(&self) -> Vec<(Vec<u8>, Option<String>)> {
+        let mut out = Vec::new();
+        let dlq = self.topology.dead_letter_queue();
+        while let Some(msg) = self.channel.basic_get(dlq.as_str().into(), BasicGetOptions::default()).await.unwrap() {
+            let error = msg
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get(amqp::ERROR_HEADER).cloned())
+                .map(|v| match v {
+                    lapin::types::AMQPValue::LongString(s) => s.to_string(),
+                    other => format!("{other:?}"),
+                });
+            out.push((msg.delivery.data.clone(), error));
+            self.channel.basic_ack(msg.delivery.delivery_tag, BasicAckOptions::default()).await.unwrap();
+        }
+        out
+    }
+
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let row = self
+            .db
+            .query_one(Statement::from_string(DbBackend::Postgres, sql.to_owned()))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index::<i64>(0).unwrap()
+    }
+
+    pub async fn execute(&self, sql: &str) {
+        self.db.execute_unprepared(sql).await.unwrap();
+    }
+
+    pub async fn tenant_count(&self) -> i64 {
+        self.scalar("SELECT count(*) FROM tenants").await
+    }
+
+    /// (capacity, position, assigned)
+    pub async fn founding(&self) -> signup_worker::store::FoundingStats {
+        signup_worker::store::founding_stats(&self.db).await.unwrap()
+    }
+
+    /// The invariants that hold after any run: numbers distinct, within 1..=capacity, never on
+    /// a demo tenant, and the sequence position equal to assigned + burned.
+    pub async fn assert_numbering_invariants(&self) {
+        let stats = self.founding().await;
+        let dup = self
+            .scalar("SELECT count(*) FROM (SELECT founding_member_number FROM tenants WHERE founding_member_number IS NOT NULL GROUP BY 1 HAVING count(*) > 1) d")
+            .await;
+        assert_eq!(dup, 0, "duplicate founding numbers");
+        let out_of_range = self
+            .scalar(&format!(
+                "SELECT count(*) FROM tenants WHERE founding_member_number < 1 OR founding_member_number > {}",
+                stats.capacity
+            ))
+            .await;
+        assert_eq!(out_of_range, 0, "numbers outside 1..capacity");
+        let demo = self
+            .scalar("SELECT count(*) FROM tenants WHERE is_demo AND founding_member_number IS NOT NULL")
+            .await;
+        assert_eq!(demo, 0, "a demo tenant got a number");
+        assert!(stats.position <= stats.capacity);
+        assert!(stats.assigned <= stats.position);
+    }
+
+    /// The stronger property of runs without crashes or killed connections: not a single
+    /// number burned, i.e. the sequence position equals the count of numbered tenants.
+    pub async fn assert_no_number_burned(&self) {
+        let stats = self.founding().await;
+        assert_eq!(stats.position, stats.assigned, "numbers burned: {stats:?}");
+    }
+
+    /// Deletes the queues, the exchange and the database.
+    pub async fn cleanup(self) {
+        let t = &self.topology;
+        for q in [t.queue.clone(), t.retry_queue(), t.dead_letter_queue(), self.outcome_queue.clone()] {
+            let _ = self.channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        let _ = self.channel.exchange_delete(t.exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+        let _ = self.conn.close(200, "".into()).await;
+        let _ = self.db.close().await;
+        let admin = DbTarget::parse(&format!("{PG_SERVER}/postgres")).unwrap().connect(1).await.unwrap();
+        admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name))
+            .await
+            .unwrap();
+    }
+}
+
+/// A valid event body with a fresh id: (body, event id).
+pub fn event(slug: &str, is_demo: bool) -> (Vec<u8>, String) {
+    event_with_id(Uuid::new_v4(), slug, is_demo)
+}
+
+pub fn event_with_id(id: Uuid, slug: &str, is_demo: bool) -> (Vec<u8>, String) {
+    (
+        signup_body(id, slug, &format!("Business {slug}"), &format!("owner@{slug}.example"), Tier::Starter, is_demo),
+        id.to_string(),
+    )
+}
+
+/// A running `signup-worker run` process. Killed on drop.
+pub struct Worker {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    pub metrics_addr: String,
+}
+
+impl Worker {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn signup-worker run");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if let Some(addr) = v.get("metrics_addr").and_then(|a| a.as_str()) {
+                        let _ = addr_tx.send(addr.to_owned());
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let metrics_addr = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the worker logs its metrics address");
+        Self {
+            child,
+            logs,
+            metrics_addr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = tokio::net::TcpStream::connect(&self.metrics_addr).await.ok()?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.ok()?;
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Some((status, body))
+    }
+
+    pub async fn is_ready(&self) -> bool {
+        matches!(self.get("/readyz").await, Some((200, _)))
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_for("the worker to be ready", || self.is_ready()).await;
+    }
+
+    /// All samples of /metrics, by series (`name{labels}`).
+    pub async fn metrics(&self) -> HashMap<String, f64> {
+        let (_, body) = self.get("/metrics").await.expect("scrape /metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics().await.get(series).copied().unwrap_or(0.0)
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < DEADLINE, "worker did not exit; logs:\n{}", self.logs().join("\n"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sum of one series over several workers.
+pub async fn total(workers: &[Worker], series: &str) -> f64 {
+    let mut sum = 0.0;
+    for w in workers {
+        sum += w.metric(series).await;
+    }
+    sum
+}
+
+/// Closes the broker-side connections whose client properties mention `needle`.
+pub fn close_amqp_connections(needle: &str) -> usize {
+    let out = Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl list_connections");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut closed = 0;
+    for line in text.lines().filter(|l| l.contains(needle)) {
+        let pid = line.split_whitespace().next().unwrap_or_default();
+        let ok = Command::new("rabbitmqctl")
+            .args(["-q", "close_connection", pid, "closed by test"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        closed += usize::from(ok);
+    }
+    closed
+}

@@ -1,0 +1,12 @@
+//! Integration tests: one binary, a shared harness. Every test owns a fresh database and its
+//! own exchange and queue names, drives the real `signup-worker` binary against the real
+//! PostgreSQL and RabbitMQ of this machine, and waits on conditions under deadlines.
+
+mod helpers;
+
+mod cli;
+mod concurrency;
+mod faults;
+mod invalid;
+mod migrations;
+mod outcomes;

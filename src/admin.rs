@@ -56,7 +56,9 @@ impl StatusReport {
     pub fn human(&self, topology: &Topology) -> String {
         let f = &self.founding;
         let q = &self.queues;
-        let row = |name: String, d: &QueueDepth| format!("  {name:<40} {:>9} {:>10}\n", d.messages, d.consumers);
+        let row = |name: String, d: &QueueDepth| {
+            format!("  {name:<40} {:>9} {:>10}\n", d.messages, d.consumers)
+        };
         let mut out = format!(
             "Founding-member programme\n  capacity  {:>8}\n  assigned  {:>8}   tenants holding a number\n  position  {:>8}   highest number handed out\n  burned    {:>8}   numbers lost to transactions that never committed\n  remaining {:>8}\n\nQueues{:>45} {:>10}\n",
             f.capacity, f.assigned, f.position, f.burned, f.remaining, "messages", "consumers"
@@ -72,7 +74,11 @@ async fn queue_depth(conn: &Connection, name: &str) -> anyhow::Result<QueueDepth
     // A passive declare that fails (no such queue) closes its channel: one channel each.
     let channel = conn.create_channel().await?;
     let result = channel
-        .queue_declare(name.into(), QueueDeclareOptions::default().passive(), FieldTable::default())
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions::default().passive(),
+            FieldTable::default(),
+        )
         .await;
     let depth = match result {
         Ok(q) => QueueDepth {
@@ -89,7 +95,11 @@ async fn queue_depth(conn: &Connection, name: &str) -> anyhow::Result<QueueDepth
     Ok(depth)
 }
 
-pub async fn status(database_url: &str, amqp_url: &str, topology: &Topology) -> anyhow::Result<StatusReport> {
+pub async fn status(
+    database_url: &str,
+    amqp_url: &str,
+    topology: &Topology,
+) -> anyhow::Result<StatusReport> {
     let target = DbTarget::parse(database_url)?;
     let db = target.connect(1).await?;
     let stats = store::founding_stats(&db)
@@ -135,14 +145,24 @@ const FAILURE_HEADERS: &[&str] = &[
 /// Moves up to `limit` dead-lettered messages back to the exchange with routing key
 /// `tenant.signup.requested`. Each is acked on the DLQ only after its republish is confirmed,
 /// so a crash in between duplicates a message (harmless) and never loses one.
-pub async fn dlq_replay(amqp_url: &str, topology: &Topology, limit: Option<u64>) -> anyhow::Result<u64> {
+pub async fn dlq_replay(
+    amqp_url: &str,
+    topology: &Topology,
+    limit: Option<u64>,
+) -> anyhow::Result<u64> {
     let conn = amqp::connect(amqp_url, "signup-worker dlq replay").await?;
     let channel = amqp::confirm_channel(&conn).await?;
-    topology.declare(&channel).await.context("declaring the topology")?;
+    topology
+        .declare(&channel)
+        .await
+        .context("declaring the topology")?;
     let dlq = topology.dead_letter_queue();
     let mut moved = 0;
     while limit.is_none_or(|l| moved < l) {
-        let Some(message) = channel.basic_get(dlq.as_str().into(), BasicGetOptions::default()).await? else {
+        let Some(message) = channel
+            .basic_get(dlq.as_str().into(), BasicGetOptions::default())
+            .await?
+        else {
             break;
         };
         let delivery = message.delivery;
@@ -156,9 +176,19 @@ pub async fn dlq_replay(amqp_url: &str, topology: &Topology, limit: Option<u64>)
             }
             props = props.with_headers(kept);
         }
-        let confirm = amqp::publish(&channel, &topology.exchange, SIGNUP_REQUESTED, &delivery.data, props, true).await?;
+        let confirm = amqp::publish(
+            &channel,
+            &topology.exchange,
+            SIGNUP_REQUESTED,
+            &delivery.data,
+            props,
+            true,
+        )
+        .await?;
         amqp::confirmed(confirm, &topology.queue).await?;
-        channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default()).await?;
+        channel
+            .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+            .await?;
         moved += 1;
     }
     let _ = conn.close(200, "dlq replay done".into()).await;

@@ -7,9 +7,9 @@ use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
-use lapin::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Confirmation, PublisherConfirm};
 use serde::Serialize;
 
 use crate::domain::SIGNUP_REQUESTED;
@@ -82,13 +82,19 @@ impl Topology {
         let mut main = self.queue_args();
         // Only a message past the quorum delivery limit takes this path; everything we
         // dead-letter ourselves is published to the DLQ with its reason header.
-        main.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        main.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
         main.insert(
             "x-dead-letter-routing-key".into(),
             AMQPValue::LongString(self.dead_letter_queue().into()),
         );
         if self.queue_type == QueueType::Quorum {
-            main.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(QUORUM_DELIVERY_LIMIT));
+            main.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(QUORUM_DELIVERY_LIMIT),
+            );
         }
         self.declare_queue(channel, &self.queue, main).await?;
         channel
@@ -104,12 +110,16 @@ impl Topology {
         // Messages wait here for their per-message expiration (the retry backoff), then are
         // dead-lettered straight back onto the main queue through the default exchange.
         let mut retry = self.queue_args();
-        retry.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        retry.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
         retry.insert(
             "x-dead-letter-routing-key".into(),
             AMQPValue::LongString(self.queue.as_str().into()),
         );
-        self.declare_queue(channel, &self.retry_queue(), retry).await?;
+        self.declare_queue(channel, &self.retry_queue(), retry)
+            .await?;
         self.declare_queue(channel, &self.dead_letter_queue(), self.queue_args())
             .await?;
         Ok(())
@@ -124,7 +134,12 @@ impl Topology {
         args
     }
 
-    async fn declare_queue(&self, channel: &Channel, name: &str, args: FieldTable) -> lapin::Result<()> {
+    async fn declare_queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        args: FieldTable,
+    ) -> lapin::Result<()> {
         channel
             .queue_declare(name.into(), QueueDeclareOptions::durable(), args)
             .await?;
@@ -161,14 +176,19 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, Unreachable> {
     match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props)).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(fail(e.to_string())),
-        Err(_) => Err(fail(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()))),
+        Err(_) => Err(fail(format!(
+            "no answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
     }
 }
 
 /// A channel in confirm mode.
 pub async fn confirm_channel(conn: &Connection) -> lapin::Result<Channel> {
     let channel = conn.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     Ok(channel)
 }
 
@@ -293,7 +313,10 @@ mod tests {
 
     #[test]
     fn urls_are_redacted() {
-        assert_eq!(redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
         assert_eq!(redact_url("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
     }
 

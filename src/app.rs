@@ -58,7 +58,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             command: DlqCommand::Replay { limit },
         } => {
             let moved = admin::dlq_replay(&global.amqp_url, &topology, limit).await?;
-            println!("replayed {moved} dead-lettered messages onto {}", topology.queue);
+            println!(
+                "replayed {moved} dead-lettered messages onto {}",
+                topology.queue
+            );
         }
     }
     Ok(())

@@ -35,16 +35,38 @@ pub struct GlobalArgs {
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, global = true, hide_env_values = true)]
     pub amqp_url: String,
     /// Durable topic exchange that publishers send to and outcomes go to
-    #[arg(long, env = "SIGNUP_EXCHANGE", default_value = "tenant.events", global = true)]
+    #[arg(
+        long,
+        env = "SIGNUP_EXCHANGE",
+        default_value = "tenant.events",
+        global = true
+    )]
     pub signup_exchange: String,
     /// Queue bound with tenant.signup.requested; `<queue>.retry` and `<queue>.dlq` go with it
-    #[arg(long, env = "SIGNUP_QUEUE", default_value = "tenant.signups", global = true)]
+    #[arg(
+        long,
+        env = "SIGNUP_QUEUE",
+        default_value = "tenant.signups",
+        global = true
+    )]
     pub signup_queue: String,
     /// Type of the queues
-    #[arg(long, env = "SIGNUP_QUEUE_TYPE", value_enum, default_value = "quorum", global = true)]
+    #[arg(
+        long,
+        env = "SIGNUP_QUEUE_TYPE",
+        value_enum,
+        default_value = "quorum",
+        global = true
+    )]
     pub signup_queue_type: QueueType,
     /// Log format
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub log_format: LogFormat,
 }
 
@@ -136,7 +158,9 @@ fn positive_rate(s: &str) -> Result<f64, String> {
     if v > 0.0 && v.is_finite() {
         Ok(v)
     } else {
-        Err(format!("`{s}` must be a positive number of messages per second"))
+        Err(format!(
+            "`{s}` must be a positive number of messages per second"
+        ))
     }
 }
 
@@ -203,11 +227,24 @@ mod tests {
 
     #[test]
     fn flags_parse() {
-        let cli = Cli::try_parse_from(["signup-worker", "publish", "--count", "5", "--duplicates", "0.5"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "signup-worker",
+            "publish",
+            "--count",
+            "5",
+            "--duplicates",
+            "0.5",
+        ])
+        .unwrap();
         assert!(matches!(cli.command, Command::Publish(p) if p.count == 5 && p.duplicates == 0.5));
         assert!(Cli::try_parse_from(["signup-worker", "publish", "--duplicates", "2"]).is_err());
         assert!(Cli::try_parse_from(["signup-worker", "run", "--bogus"]).is_err());
         let cli = Cli::try_parse_from(["signup-worker", "founding", "set-capacity", "7"]).unwrap();
-        assert!(matches!(cli.command, Command::Founding { command: FoundingCommand::SetCapacity { capacity: 7 } }));
+        assert!(matches!(
+            cli.command,
+            Command::Founding {
+                command: FoundingCommand::SetCapacity { capacity: 7 }
+            }
+        ));
     }
 }

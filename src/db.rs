@@ -68,7 +68,8 @@ impl DbTarget {
     /// A pool of at most `max_connections`. Connects eagerly, so an unreachable server is
     /// reported here and not at the first query.
     pub async fn connect(&self, max_connections: u32) -> Result<DatabaseConnection, DbSetupError> {
-        self.connect_with(self.options.clone(), max_connections).await
+        self.connect_with(self.options.clone(), max_connections)
+            .await
     }
 
     async fn connect_with(
@@ -108,7 +109,11 @@ impl DbTarget {
             match admin.execute_unprepared(&sql).await {
                 Ok(_) => tracing::info!(database = %name, "created database"),
                 // Another replica created it between our check and our CREATE.
-                Err(e) if matches!(crate::store::sqlstate(&e).as_deref(), Some("42P04" | "23505")) => {}
+                Err(e)
+                    if matches!(
+                        crate::store::sqlstate(&e).as_deref(),
+                        Some("42P04" | "23505")
+                    ) => {}
                 Err(e) => {
                     return Err(DbSetupError::Migration {
                         server: self.server.clone(),
@@ -133,8 +138,10 @@ impl DbTarget {
         };
         let run = async {
             let txn = db.begin().await?;
-            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"))
-                .await?;
+            txn.execute_unprepared(&format!(
+                "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+            ))
+            .await?;
             txn.execute_unprepared(&format!(
                 "SET LOCAL {FOUNDING_CAPACITY_SETTING} = '{founding_capacity}'"
             ))

@@ -113,7 +113,9 @@ impl OwnerEmail {
             return Err("must not hold white space");
         }
         match s.split_once('@') {
-            Some((local, domain)) if !local.is_empty() && !domain.is_empty() && !domain.contains('@') => {
+            Some((local, domain))
+                if !local.is_empty() && !domain.is_empty() && !domain.contains('@') =>
+            {
                 Ok(Self(s.to_owned()))
             }
             _ => Err("must be an address with one @ and non-empty parts"),
@@ -177,8 +179,8 @@ impl SignupRequest {
         let root = value.as_object().ok_or(InvalidEvent::NotAnObject)?;
 
         let event_id = required_str(root, "event_id")?;
-        let event_id =
-            Uuid::parse_str(event_id).map_err(|_| InvalidEvent::bad("event_id", "must be a UUID"))?;
+        let event_id = Uuid::parse_str(event_id)
+            .map_err(|_| InvalidEvent::bad("event_id", "must be a UUID"))?;
         if required_str(root, "type")? != SIGNUP_REQUESTED {
             return Err(InvalidEvent::bad("type", "must be tenant.signup.requested"));
         }
@@ -204,8 +206,8 @@ impl SignupRequest {
             .map_err(|p| InvalidEvent::bad("tenant.business_name", p))?;
         let owner_email = OwnerEmail::parse(required_str(tenant, "owner_email")?)
             .map_err(|p| InvalidEvent::bad("tenant.owner_email", p))?;
-        let tier =
-            Tier::parse(required_str(tenant, "tier")?).map_err(|p| InvalidEvent::bad("tenant.tier", p))?;
+        let tier = Tier::parse(required_str(tenant, "tier")?)
+            .map_err(|p| InvalidEvent::bad("tenant.tier", p))?;
         let is_demo = match tenant.get("is_demo") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -224,7 +226,10 @@ impl SignupRequest {
     }
 }
 
-fn required_str<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, InvalidEvent> {
+fn required_str<'a>(
+    obj: &'a Map<String, Value>,
+    field: &'static str,
+) -> Result<&'a str, InvalidEvent> {
     match obj.get(field) {
         None | Some(Value::Null) => Err(InvalidEvent::MissingField(field)),
         Some(Value::String(s)) => Ok(s),
@@ -309,28 +314,54 @@ mod tests {
     #[test]
     fn is_demo_missing_or_null_means_false() {
         assert!(!parse(&with(&["tenant", "is_demo"], None)).unwrap().is_demo);
-        assert!(!parse(&with(&["tenant", "is_demo"], Some(Value::Null))).unwrap().is_demo);
-        assert!(parse(&with(&["tenant", "is_demo"], Some(json!(true)))).unwrap().is_demo);
+        assert!(
+            !parse(&with(&["tenant", "is_demo"], Some(Value::Null)))
+                .unwrap()
+                .is_demo
+        );
+        assert!(
+            parse(&with(&["tenant", "is_demo"], Some(json!(true))))
+                .unwrap()
+                .is_demo
+        );
         assert!(parse(&with(&["tenant", "is_demo"], Some(json!("yes")))).is_err());
     }
 
     #[test]
     fn occurred_at_is_optional() {
-        assert!(parse(&with(&["occurred_at"], None)).unwrap().occurred_at.is_none());
-        assert!(parse(&with(&["occurred_at"], Some(json!("yesterday")))).unwrap().occurred_at.is_none());
+        assert!(parse(&with(&["occurred_at"], None))
+            .unwrap()
+            .occurred_at
+            .is_none());
+        assert!(parse(&with(&["occurred_at"], Some(json!("yesterday"))))
+            .unwrap()
+            .occurred_at
+            .is_none());
     }
 
     #[test]
     fn not_json_and_not_object() {
-        assert!(matches!(SignupRequest::parse(b"{nope"), Err(InvalidEvent::NotJson(_))));
-        assert!(matches!(SignupRequest::parse(b""), Err(InvalidEvent::NotJson(_))));
-        assert_eq!(SignupRequest::parse(b"[1,2]"), Err(InvalidEvent::NotAnObject));
+        assert!(matches!(
+            SignupRequest::parse(b"{nope"),
+            Err(InvalidEvent::NotJson(_))
+        ));
+        assert!(matches!(
+            SignupRequest::parse(b""),
+            Err(InvalidEvent::NotJson(_))
+        ));
+        assert_eq!(
+            SignupRequest::parse(b"[1,2]"),
+            Err(InvalidEvent::NotAnObject)
+        );
     }
 
     #[test]
     fn oversized_body_is_rejected_before_parsing() {
         let big = vec![b' '; MAX_BODY_BYTES + 1];
-        assert_eq!(SignupRequest::parse(&big), Err(InvalidEvent::TooLarge(MAX_BODY_BYTES + 1)));
+        assert_eq!(
+            SignupRequest::parse(&big),
+            Err(InvalidEvent::TooLarge(MAX_BODY_BYTES + 1))
+        );
     }
 
     #[test]
@@ -345,7 +376,11 @@ mod tests {
             (&["tenant", "owner_email"][..], "owner_email"),
             (&["tenant", "tier"][..], "tier"),
         ] {
-            assert_eq!(parse(&with(path, None)), Err(InvalidEvent::MissingField(name)), "{path:?}");
+            assert_eq!(
+                parse(&with(path, None)),
+                Err(InvalidEvent::MissingField(name)),
+                "{path:?}"
+            );
         }
     }
 
@@ -379,7 +414,10 @@ mod tests {
         ];
         for (path, value) in cases {
             let got = parse(&with(path, Some(value.clone())));
-            assert!(matches!(got, Err(InvalidEvent::BadField { .. })), "{path:?} = {value}: {got:?}");
+            assert!(
+                matches!(got, Err(InvalidEvent::BadField { .. })),
+                "{path:?} = {value}: {got:?}"
+            );
         }
     }
 
@@ -387,21 +425,36 @@ mod tests {
     fn boundaries_that_are_valid() {
         assert!(parse(&with(&["tenant", "slug"], Some(json!("a".repeat(63))))).is_ok());
         assert!(parse(&with(&["tenant", "slug"], Some(json!("a-1")))).is_ok());
-        assert!(parse(&with(&["tenant", "business_name"], Some(json!("é".repeat(200))))).is_ok());
+        assert!(parse(&with(
+            &["tenant", "business_name"],
+            Some(json!("é".repeat(200)))
+        ))
+        .is_ok());
         let padded = parse(&with(&["tenant", "business_name"], Some(json!("  Acme  ")))).unwrap();
         assert_eq!(padded.business_name.as_str(), "Acme");
     }
 
     #[test]
     fn error_text_never_echoes_the_value() {
-        let err = parse(&with(&["tenant", "owner_email"], Some(json!("secret-person")))).unwrap_err();
+        let err = parse(&with(
+            &["tenant", "owner_email"],
+            Some(json!("secret-person")),
+        ))
+        .unwrap_err();
         assert!(!err.to_string().contains("secret-person"));
     }
 
     #[test]
     fn signup_body_round_trips() {
         let id = Uuid::new_v4();
-        let body = signup_body(id, "round-trip", "Round Trip", "a@b.example", Tier::Growth, true);
+        let body = signup_body(
+            id,
+            "round-trip",
+            "Round Trip",
+            "a@b.example",
+            Tier::Growth,
+            true,
+        );
         let r = SignupRequest::parse(&body).unwrap();
         assert_eq!((r.event_id, r.tier, r.is_demo), (id, Tier::Growth, true));
     }

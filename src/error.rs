@@ -107,12 +107,27 @@ mod tests {
             reason,
             founding_number_conflict: false,
         };
-        assert_eq!(classify_sqlstate(Some("40001"), None), t(RetryReason::Serialization));
-        assert_eq!(classify_sqlstate(Some("40P01"), None), t(RetryReason::Deadlock));
-        for code in ["57P01", "57P02", "57P03", "08006", "08001", "53300", "3D000", "28P01"] {
-            assert_eq!(classify_sqlstate(Some(code), None), DbFailure::Unavailable, "{code}");
+        assert_eq!(
+            classify_sqlstate(Some("40001"), None),
+            t(RetryReason::Serialization)
+        );
+        assert_eq!(
+            classify_sqlstate(Some("40P01"), None),
+            t(RetryReason::Deadlock)
+        );
+        for code in [
+            "57P01", "57P02", "57P03", "08006", "08001", "53300", "3D000", "28P01",
+        ] {
+            assert_eq!(
+                classify_sqlstate(Some(code), None),
+                DbFailure::Unavailable,
+                "{code}"
+            );
         }
-        assert_eq!(classify_sqlstate(Some("22023"), None), t(RetryReason::Other));
+        assert_eq!(
+            classify_sqlstate(Some("22023"), None),
+            t(RetryReason::Other)
+        );
         assert_eq!(classify_sqlstate(None, None), t(RetryReason::Other));
     }
 
@@ -136,10 +151,15 @@ mod tests {
 
     #[test]
     fn driver_level_failures_mean_unavailable() {
-        let io = DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Io(std::io::Error::other("reset"))));
+        let io = DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Io(
+            std::io::Error::other("reset"),
+        )));
         assert_eq!(classify_db(&io), DbFailure::Unavailable);
         let timeout = DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::PoolTimedOut));
         assert_eq!(classify_db(&timeout), DbFailure::Unavailable);
-        assert_eq!(classify_db(&DbErr::Custom("x".into())).retry_reason(), RetryReason::Other);
+        assert_eq!(
+            classify_db(&DbErr::Custom("x".into())).retry_reason(),
+            RetryReason::Other
+        );
     }
 }

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::store::FoundingStats;
@@ -102,21 +104,53 @@ fn describe() {
     describe_counter!(EVENTS, "Signup events handled, by outcome: created, duplicate, rejected (slug taken), invalid (dead-lettered), dead_lettered (out of attempts).");
     describe_counter!(CONFLICTS, "Conflicts met while storing signups, by kind: event_id (a stored event id came back with another slug), slug (slug taken by another event), founding_number (the partial unique index refused a number; must stay 0).");
     describe_counter!(RETRIES, "Retries, by reason: serialization, deadlock, database_unavailable, broker_unavailable, other.");
-    describe_counter!(EXHAUSTED, "Non-demo tenants created after the founding-member bound was reached, hence unnumbered.");
-    describe_gauge!(CAPACITY, "Founding-member capacity (the sequence MAXVALUE), read from the database.");
-    describe_gauge!(ASSIGNED, "Tenants holding a founding-member number, read from the database.");
-    describe_gauge!(REMAINING, "Founding-member numbers left: capacity minus sequence position, read from the database.");
+    describe_counter!(
+        EXHAUSTED,
+        "Non-demo tenants created after the founding-member bound was reached, hence unnumbered."
+    );
+    describe_gauge!(
+        CAPACITY,
+        "Founding-member capacity (the sequence MAXVALUE), read from the database."
+    );
+    describe_gauge!(
+        ASSIGNED,
+        "Tenants holding a founding-member number, read from the database."
+    );
+    describe_gauge!(
+        REMAINING,
+        "Founding-member numbers left: capacity minus sequence position, read from the database."
+    );
     describe_gauge!(BURNED, "Founding-member numbers lost to transactions that never committed: sequence position minus assigned.");
-    describe_histogram!(DURATION, Unit::Seconds, "Time from delivery to ack of one signup event.");
+    describe_histogram!(
+        DURATION,
+        Unit::Seconds,
+        "Time from delivery to ack of one signup event."
+    );
     // Touch every labelled series once so that dashboards and alerts see zeros, not gaps,
     // before the first event of a kind arrives.
-    for o in [EventOutcome::Created, EventOutcome::Duplicate, EventOutcome::Rejected, EventOutcome::Invalid, EventOutcome::DeadLettered] {
+    for o in [
+        EventOutcome::Created,
+        EventOutcome::Duplicate,
+        EventOutcome::Rejected,
+        EventOutcome::Invalid,
+        EventOutcome::DeadLettered,
+    ] {
         counter!(EVENTS, "outcome" => o.as_str()).increment(0);
     }
-    for k in [ConflictKind::EventId, ConflictKind::Slug, ConflictKind::FoundingNumber] {
+    for k in [
+        ConflictKind::EventId,
+        ConflictKind::Slug,
+        ConflictKind::FoundingNumber,
+    ] {
         counter!(CONFLICTS, "kind" => k.as_str()).increment(0);
     }
-    for r in [RetryReason::Serialization, RetryReason::Deadlock, RetryReason::DatabaseUnavailable, RetryReason::BrokerUnavailable, RetryReason::Other] {
+    for r in [
+        RetryReason::Serialization,
+        RetryReason::Deadlock,
+        RetryReason::DatabaseUnavailable,
+        RetryReason::BrokerUnavailable,
+        RetryReason::Other,
+    ] {
         counter!(RETRIES, "reason" => r.as_str()).increment(0);
     }
     counter!(EXHAUSTED).increment(0);

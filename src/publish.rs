@@ -62,7 +62,9 @@ fn invalid_body(i: u64, run: &str) -> Vec<u8> {
     };
     let value = match i % 7 {
         0 => return b"this is not json {".to_vec(),
-        1 => serde_json::json!({"event_id": id, "type": SIGNUP_REQUESTED, "version": 1, "tenant": {"slug": format!("{run}-missing-{i}")}}),
+        1 => {
+            serde_json::json!({"event_id": id, "type": SIGNUP_REQUESTED, "version": 1, "tenant": {"slug": format!("{run}-missing-{i}")}})
+        }
         2 => good("Not A Slug!", "Bad Slug Ltd", "starter", 1),
         3 => good(&format!("{run}-v2-{i}"), "Version Two", "starter", 2),
         4 => good(&format!("{run}-tier-{i}"), "Platinum Co", "platinum", 1),
@@ -76,14 +78,23 @@ fn invalid_body(i: u64, run: &str) -> Vec<u8> {
     serde_json::to_vec(&value).expect("a json! value always serialises")
 }
 
-pub async fn publish(amqp_url: &str, topology: &Topology, args: &PublishArgs) -> anyhow::Result<PublishReport> {
+pub async fn publish(
+    amqp_url: &str,
+    topology: &Topology,
+    args: &PublishArgs,
+) -> anyhow::Result<PublishReport> {
     if args.duplicates + args.slug_collisions + args.invalid > 1.0 {
         bail!("--duplicates, --slug-collisions and --invalid add up to more than 1");
     }
     let conn = amqp::connect(amqp_url, "signup-worker publish").await?;
     let channel = conn.create_channel().await.context("opening a channel")?;
-    topology.declare(&channel).await.context("declaring the topology")?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    topology
+        .declare(&channel)
+        .await
+        .context("declaring the topology")?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
 
     let bar = if args.no_progress {
         ProgressBar::hidden()
@@ -91,9 +102,11 @@ pub async fn publish(amqp_url: &str, topology: &Topology, args: &PublishArgs) ->
         ProgressBar::new(args.count)
     };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} publishing [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("the template is valid")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} publishing [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> "),
     );
 
     // Slugs carry a per-run tag so that repeated demo runs do not collide with each other.
@@ -118,7 +131,17 @@ pub async fn publish(amqp_url: &str, topology: &Topology, args: &PublishArgs) ->
             report.slug_collisions += 1;
             let (_, _, slug) = pool.choose(&mut rng).expect("pool is not empty").clone();
             let id = Uuid::new_v4();
-            (id, signup_body(id, &slug, "Slug Rival Ltd", "rival@collision.example", Tier::Starter, false))
+            (
+                id,
+                signup_body(
+                    id,
+                    &slug,
+                    "Slug Rival Ltd",
+                    "rival@collision.example",
+                    Tier::Starter,
+                    false,
+                ),
+            )
         } else if roll < args.duplicates + args.slug_collisions + args.invalid {
             report.invalid += 1;
             (Uuid::new_v4(), invalid_body(i, &run))
@@ -127,9 +150,18 @@ pub async fn publish(amqp_url: &str, topology: &Topology, args: &PublishArgs) ->
             let id = Uuid::new_v4();
             let is_demo = rng.random::<f64>() < args.demo;
             report.demo += u64::from(is_demo);
-            let tier = *[Tier::Starter, Tier::Growth, Tier::Enterprise].choose(&mut rng).expect("non-empty");
+            let tier = *[Tier::Starter, Tier::Growth, Tier::Enterprise]
+                .choose(&mut rng)
+                .expect("non-empty");
             let slug = format!("t-{run}-{i}");
-            let body = signup_body(id, &slug, &format!("Business {i} ({run})"), &format!("owner{i}@{run}.example"), tier, is_demo);
+            let body = signup_body(
+                id,
+                &slug,
+                &format!("Business {i} ({run})"),
+                &format!("owner{i}@{run}.example"),
+                tier,
+                is_demo,
+            );
             if pool.len() < REUSE_POOL {
                 pool.push((id, body.clone(), slug));
             } else {
@@ -139,7 +171,15 @@ pub async fn publish(amqp_url: &str, topology: &Topology, args: &PublishArgs) ->
             (id, body)
         };
         let props = amqp::json_properties().with_message_id(message_id.to_string().into());
-        let confirm = amqp::publish(&channel, &topology.exchange, SIGNUP_REQUESTED, &body, props, true).await?;
+        let confirm = amqp::publish(
+            &channel,
+            &topology.exchange,
+            SIGNUP_REQUESTED,
+            &body,
+            props,
+            true,
+        )
+        .await?;
         window.push_back(confirm);
         if window.len() >= CONFIRM_WINDOW {
             let c = window.pop_front().expect("window is not empty");

@@ -17,8 +17,8 @@
 use std::collections::HashMap;
 
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, Statement, TransactionTrait,
-    Value,
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, Statement,
+    TransactionTrait, Value,
 };
 use uuid::Uuid;
 
@@ -38,10 +38,16 @@ pub struct StoredTenant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
     /// A new tenant. `exhausted`: not a demo, yet no number was left for it.
-    Created { tenant: StoredTenant, exhausted: bool },
+    Created {
+        tenant: StoredTenant,
+        exhausted: bool,
+    },
     /// The event id was already stored (or came earlier in the batch). `slug_differs`: the
     /// copy names another slug than the stored tenant (a conflict of kind `event_id`).
-    Duplicate { tenant: StoredTenant, slug_differs: bool },
+    Duplicate {
+        tenant: StoredTenant,
+        slug_differs: bool,
+    },
     /// Another event owns the slug.
     SlugTaken,
 }
@@ -127,11 +133,17 @@ pub async fn store_batch(
         return Ok(Vec::new());
     }
     let event_ids: Vec<Uuid> = requests.iter().map(|r| r.event_id).collect();
-    let slugs: Vec<String> = requests.iter().map(|r| r.slug.as_str().to_owned()).collect();
+    let slugs: Vec<String> = requests
+        .iter()
+        .map(|r| r.slug.as_str().to_owned())
+        .collect();
 
     let txn = db.begin().await?;
-    txn.execute(stmt(LOCK_SQL, vec![event_ids.clone().into(), slugs.clone().into()]))
-        .await?;
+    txn.execute(stmt(
+        LOCK_SQL,
+        vec![event_ids.clone().into(), slugs.clone().into()],
+    ))
+    .await?;
     let existing = txn
         .query_all(stmt(EXISTING_SQL, vec![event_ids.into(), slugs.into()]))
         .await?
@@ -232,7 +244,11 @@ pub async fn founding_stats(db: &impl ConnectionTrait) -> Result<FoundingStats, 
     let row = db
         .query_one(stmt(STATS_SQL, vec![]))
         .await?
-        .ok_or_else(|| DbErr::Custom("founding_member_number_seq does not exist: run `signup-worker migrate`".into()))?;
+        .ok_or_else(|| {
+            DbErr::Custom(
+                "founding_member_number_seq does not exist: run `signup-worker migrate`".into(),
+            )
+        })?;
     Ok(FoundingStats {
         capacity: row.try_get("", "capacity")?,
         position: row.try_get("", "position")?,
@@ -256,7 +272,10 @@ pub enum CapacityError {
 /// The position is read first for a clear refusal; if it moves past the new bound between the
 /// read and the ALTER, PostgreSQL itself refuses the ALTER (SQLSTATE 22023), which is mapped to
 /// the same refusal. ALTER SEQUENCE blocks concurrent nextval() until commit.
-pub async fn set_capacity(db: &DatabaseConnection, capacity: i64) -> Result<FoundingStats, CapacityError> {
+pub async fn set_capacity(
+    db: &DatabaseConnection,
+    capacity: i64,
+) -> Result<FoundingStats, CapacityError> {
     if !(1..=i64::from(i32::MAX)).contains(&capacity) {
         return Err(CapacityError::OutOfRange(capacity));
     }
@@ -292,7 +311,9 @@ pub fn sqlstate(err: &DbErr) -> Option<String> {
     match err {
         DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Database(e)))
         | DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(e)))
-        | DbErr::Conn(RuntimeErr::SqlxError(sqlx::Error::Database(e))) => e.code().map(|c| c.into_owned()),
+        | DbErr::Conn(RuntimeErr::SqlxError(sqlx::Error::Database(e))) => {
+            e.code().map(|c| c.into_owned())
+        }
         _ => None,
     }
 }
@@ -303,7 +324,15 @@ mod tests {
     use crate::domain::{signup_body, Tier};
 
     fn req(event_id: Uuid, slug: &str) -> SignupRequest {
-        SignupRequest::parse(&signup_body(event_id, slug, "Name", "a@b.example", Tier::Starter, false)).unwrap()
+        SignupRequest::parse(&signup_body(
+            event_id,
+            slug,
+            "Name",
+            "a@b.example",
+            Tier::Starter,
+            false,
+        ))
+        .unwrap()
     }
 
     fn stored(event_id: Uuid, slug: &str) -> StoredTenant {
@@ -326,14 +355,23 @@ mod tests {
     fn stored_event_id_is_a_duplicate_whatever_its_slug() {
         let id = Uuid::new_v4();
         let existing = [stored(id, "aaa")];
-        assert_eq!(plan(&[&req(id, "aaa")], &existing), vec![Step::DuplicateOfStored(0)]);
-        assert_eq!(plan(&[&req(id, "zzz")], &existing), vec![Step::DuplicateOfStored(0)]);
+        assert_eq!(
+            plan(&[&req(id, "aaa")], &existing),
+            vec![Step::DuplicateOfStored(0)]
+        );
+        assert_eq!(
+            plan(&[&req(id, "zzz")], &existing),
+            vec![Step::DuplicateOfStored(0)]
+        );
     }
 
     #[test]
     fn slug_of_another_event_is_taken() {
         let existing = [stored(Uuid::new_v4(), "aaa")];
-        assert_eq!(plan(&[&req(Uuid::new_v4(), "aaa")], &existing), vec![Step::SlugTaken]);
+        assert_eq!(
+            plan(&[&req(Uuid::new_v4(), "aaa")], &existing),
+            vec![Step::SlugTaken]
+        );
     }
 
     #[test]

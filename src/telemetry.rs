@@ -16,7 +16,11 @@ pub fn init(format: LogFormat) {
         .with_writer(std::io::stderr);
     // try_init: tests may initialise more than once in one process.
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }

@@ -38,7 +38,8 @@ use crate::error::{classify_db, DbFailure};
 use crate::metrics::{self, ConflictKind, EventOutcome, RetryReason};
 use crate::store::{self, Resolution};
 
-/// Quick in-process attempts of a whole batch before its events are tried one by one.
+/// Quick in-process attempts of one event (after its batch failed and was split up) before
+/// it is parked in the retry queue.
 const IN_PROCESS_ATTEMPTS: u32 = 3;
 /// First in-process retry delay; doubles per attempt.
 const RETRY_BASE: Duration = Duration::from_millis(100);
@@ -301,9 +302,12 @@ impl Worker {
                     warn!(%error, attempt, "RabbitMQ session ended; reconnecting");
                 }
             }
-            if sleep_or_stop(backoff(attempt, RETRY_BASE * 5, OUTAGE_BACKOFF_CAP), &self.stop)
-                .await
-                .is_err()
+            if sleep_or_stop(
+                backoff(attempt, RETRY_BASE * 5, OUTAGE_BACKOFF_CAP),
+                &self.stop,
+            )
+            .await
+            .is_err()
             {
                 break;
             }
@@ -313,7 +317,11 @@ impl Worker {
 
     /// One connection's life. `Ok` only after a clean drain on shutdown.
     async fn session(&self, attempt: &mut u32) -> Result<(), SessionError> {
-        let name = format!("signup-worker {} pid {}", self.settings.topology.queue, std::process::id());
+        let name = format!(
+            "signup-worker {} pid {}",
+            self.settings.topology.queue,
+            std::process::id()
+        );
         let conn = amqp::connect(&self.settings.amqp_url, &name).await?;
         let result = self.consume(&conn, attempt).await;
         // Closing returns whatever we still hold to the queue; on error the connection may be
@@ -366,7 +374,8 @@ impl Worker {
                     None => break,
                 }
             }
-            self.process(&consume_channel, &publish_channel, batch).await?;
+            self.process(&consume_channel, &publish_channel, batch)
+                .await?;
             if ended {
                 return Err(SessionError::ConsumerCancelled);
             }
@@ -384,7 +393,8 @@ impl Worker {
         let mut held = held.into_iter().peekable();
         while held.peek().is_some() {
             let batch: Vec<Delivery> = held.by_ref().take(self.settings.batch_size).collect();
-            self.process(&consume_channel, &publish_channel, batch).await?;
+            self.process(&consume_channel, &publish_channel, batch)
+                .await?;
         }
         Ok(())
     }
@@ -409,7 +419,10 @@ impl Worker {
             return Ok(());
         };
 
-        let valid: Vec<&SignupRequest> = inbound.iter().filter_map(|i| i.parsed.as_ref().ok()).collect();
+        let valid: Vec<&SignupRequest> = inbound
+            .iter()
+            .filter_map(|i| i.parsed.as_ref().ok())
+            .collect();
         let mut resolutions = self.store_with_retries(&valid).await?.into_iter();
 
         let mut actions = Vec::with_capacity(inbound.len());
@@ -426,7 +439,8 @@ impl Worker {
             actions.push(action);
         }
 
-        self.publish_actions(publish_channel, &inbound, &actions).await?;
+        self.publish_actions(publish_channel, &inbound, &actions)
+            .await?;
         consume_channel
             .basic_ack(last_tag, BasicAckOptions { multiple: true })
             .await?;
@@ -464,7 +478,8 @@ impl Worker {
                 DbFailure::Unavailable => {
                     self.health.set_database(false);
                     warn!(%error, attempt, events = requests.len(), "PostgreSQL unavailable; holding the batch until it is back");
-                    sleep_or_stop(backoff(attempt, RETRY_BASE, OUTAGE_BACKOFF_CAP), &self.stop).await?;
+                    sleep_or_stop(backoff(attempt, RETRY_BASE, OUTAGE_BACKOFF_CAP), &self.stop)
+                        .await?;
                     // An outage is not the events' fault: it never counts toward giving up.
                     attempt = attempt.min(IN_PROCESS_ATTEMPTS - 1);
                 }
@@ -476,15 +491,18 @@ impl Worker {
                         metrics::conflict(ConflictKind::FoundingNumber);
                     }
                     warn!(%error, attempt, reason = reason.as_str(), events = requests.len(), "storing the batch failed");
-                    if attempt < IN_PROCESS_ATTEMPTS {
-                        sleep_or_stop(backoff(attempt, RETRY_BASE, OUTAGE_BACKOFF_CAP), &self.stop).await?;
-                    } else if requests.len() > 1 {
-                        // Isolate the event at fault: its batch-mates must not wait for it.
+                    if requests.len() > 1 {
+                        // Isolate the event at fault at once: its batch-mates must not wait for
+                        // it, and every failed attempt of a batch burns the numbers its earlier
+                        // rows drew, so a batch is never retried whole.
                         let mut results = Vec::with_capacity(requests.len());
                         for req in requests {
                             results.extend(Box::pin(self.store_with_retries(&[*req])).await?);
                         }
                         return Ok(results);
+                    } else if attempt < IN_PROCESS_ATTEMPTS {
+                        sleep_or_stop(backoff(attempt, RETRY_BASE, OUTAGE_BACKOFF_CAP), &self.stop)
+                            .await?;
                     } else {
                         return Ok(vec![Err(failure)]);
                     }
@@ -508,13 +526,24 @@ impl Worker {
                 metrics::event(EventOutcome::Created);
                 if exhausted {
                     metrics::founding_exhausted();
-                    info!(tenant_id = tenant.id, "tenant created without a number: founding programme is full");
+                    info!(
+                        tenant_id = tenant.id,
+                        "tenant created without a number: founding programme is full"
+                    );
                 } else {
                     debug!(tenant_id = tenant.id, founding_member_number = ?tenant.founding_member_number, "tenant created");
                 }
-                Action::Outcome(OutcomeEvent::completed(&event_id, tenant.id, &tenant.slug, tenant.founding_member_number))
+                Action::Outcome(OutcomeEvent::completed(
+                    &event_id,
+                    tenant.id,
+                    &tenant.slug,
+                    tenant.founding_member_number,
+                ))
             }
-            Ok(Resolution::Duplicate { tenant, slug_differs }) => {
+            Ok(Resolution::Duplicate {
+                tenant,
+                slug_differs,
+            }) => {
                 metrics::event(EventOutcome::Duplicate);
                 if slug_differs {
                     metrics::conflict(ConflictKind::EventId);
@@ -522,18 +551,32 @@ impl Worker {
                 } else {
                     debug!(tenant_id = tenant.id, "duplicate event");
                 }
-                Action::Outcome(OutcomeEvent::completed(&event_id, tenant.id, &tenant.slug, tenant.founding_member_number))
+                Action::Outcome(OutcomeEvent::completed(
+                    &event_id,
+                    tenant.id,
+                    &tenant.slug,
+                    tenant.founding_member_number,
+                ))
             }
             Ok(Resolution::SlugTaken) => {
                 metrics::event(EventOutcome::Rejected);
                 metrics::conflict(ConflictKind::Slug);
                 info!("slug taken by another event");
-                Action::Outcome(OutcomeEvent::rejected(Some(event_id), Some(req.slug.to_string()), "slug_taken"))
+                Action::Outcome(OutcomeEvent::rejected(
+                    Some(event_id),
+                    Some(req.slug.to_string()),
+                    "slug_taken",
+                ))
             }
             Err(failure) => {
-                let attempts = amqp::int_header(&item.delivery.properties, ATTEMPTS_HEADER).unwrap_or(0) + 1;
+                let attempts =
+                    amqp::int_header(&item.delivery.properties, ATTEMPTS_HEADER).unwrap_or(0) + 1;
                 if attempts >= i64::from(self.settings.max_deliveries) {
-                    warn!(attempts, reason = failure.retry_reason().as_str(), "giving up: dead-lettering");
+                    warn!(
+                        attempts,
+                        reason = failure.retry_reason().as_str(),
+                        "giving up: dead-lettering"
+                    );
                     Action::DeadLetter {
                         error: format!(
                             "failed {attempts} deliveries with transient errors (last: {})",
@@ -543,7 +586,11 @@ impl Worker {
                         counted_as: EventOutcome::DeadLettered,
                     }
                 } else {
-                    info!(attempts, reason = failure.retry_reason().as_str(), "parking in the retry queue");
+                    info!(
+                        attempts,
+                        reason = failure.retry_reason().as_str(),
+                        "parking in the retry queue"
+                    );
                     Action::Retry { attempts }
                 }
             }
@@ -566,22 +613,41 @@ impl Worker {
             let outcome = match action {
                 Action::Outcome(o) => Some(o),
                 Action::DeadLetter { error, outcome, .. } => {
-                    let props = with_header(&item.delivery.properties, ERROR_HEADER, AMQPValue::LongString(error.as_str().into()));
-                    let c = amqp::publish(channel, "", &dlq, &item.delivery.data, props, true).await?;
+                    let props = with_header(
+                        &item.delivery.properties,
+                        ERROR_HEADER,
+                        AMQPValue::LongString(error.as_str().into()),
+                    );
+                    let c =
+                        amqp::publish(channel, "", &dlq, &item.delivery.data, props, true).await?;
                     pending.push((c, dlq.as_str()));
                     outcome.as_ref()
                 }
                 Action::Retry { attempts } => {
                     let delay = backoff(*attempts as u32, RETRY_QUEUE_BASE, RETRY_QUEUE_CAP);
-                    let props = with_header(&item.delivery.properties, ATTEMPTS_HEADER, AMQPValue::LongLongInt(*attempts))
-                        .with_expiration(delay.as_millis().to_string().into());
-                    let c = amqp::publish(channel, "", &retry_queue, &item.delivery.data, props, true).await?;
+                    let props = with_header(
+                        &item.delivery.properties,
+                        ATTEMPTS_HEADER,
+                        AMQPValue::LongLongInt(*attempts),
+                    )
+                    .with_expiration(delay.as_millis().to_string().into());
+                    let c =
+                        amqp::publish(channel, "", &retry_queue, &item.delivery.data, props, true)
+                            .await?;
                     pending.push((c, retry_queue.as_str()));
                     None
                 }
             };
             if let Some(o) = outcome {
-                let c = amqp::publish(channel, &topology.exchange, &o.kind, &o.body(), o.properties(), false).await?;
+                let c = amqp::publish(
+                    channel,
+                    &topology.exchange,
+                    &o.kind,
+                    &o.body(),
+                    o.properties(),
+                    false,
+                )
+                .await?;
                 pending.push((c, topology.exchange.as_str()));
             }
         }
@@ -603,7 +669,11 @@ async fn drain(consumer: &mut Consumer) -> Vec<Delivery> {
 
 fn invalid_action(item: &Inbound, invalid: &InvalidEvent) -> Action {
     let (event_id, slug) = best_effort_ids(&item.delivery);
-    let span = info_span!("signup", event_id = event_id.as_deref().unwrap_or(""), slug = slug.as_deref().unwrap_or(""));
+    let span = info_span!(
+        "signup",
+        event_id = event_id.as_deref().unwrap_or(""),
+        slug = slug.as_deref().unwrap_or("")
+    );
     let _entered = span.enter();
     warn!(error = %invalid, "invalid event: dead-lettering");
     Action::DeadLetter {
@@ -625,7 +695,13 @@ fn best_effort_ids(delivery: &Delivery) -> (Option<String>, Option<String>) {
         .as_ref()
         .and_then(|v| v.get("event_id")?.as_str().map(str::to_owned))
         .filter(|s| uuid::Uuid::parse_str(s).is_ok());
-    let event_id = body_id.or_else(|| delivery.properties.message_id().as_ref().map(|m| m.to_string()));
+    let event_id = body_id.or_else(|| {
+        delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string())
+    });
     let slug = json
         .as_ref()
         .and_then(|v| v.get("tenant")?.get("slug")?.as_str().map(str::to_owned));
@@ -647,7 +723,8 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         for attempt in 1..30 {
             let d = backoff(attempt, Duration::from_millis(100), Duration::from_secs(5));
-            let step = (Duration::from_millis(100) * 2u32.pow(attempt.min(20) - 1)).min(Duration::from_secs(5));
+            let step = (Duration::from_millis(100) * 2u32.pow(attempt.min(20) - 1))
+                .min(Duration::from_secs(5));
             assert!(d >= step / 2 && d <= step, "attempt {attempt}: {d:?}");
         }
     }

@@ -36,15 +36,31 @@ fn every_subcommand_has_help() {
         assert!(ok && stdout.contains("Usage"), "{sub:?}");
     }
     let (_, stdout, _, _) = run(&["run", "--help"], &[]);
-    for setting in ["PREFETCH", "METRICS_ADDR", "MAX_DELIVERIES", "DATABASE_URL", "AMQP_URL", "SIGNUP_QUEUE_TYPE", "FOUNDING_CAPACITY"] {
+    for setting in [
+        "PREFETCH",
+        "METRICS_ADDR",
+        "MAX_DELIVERIES",
+        "DATABASE_URL",
+        "AMQP_URL",
+        "SIGNUP_QUEUE_TYPE",
+        "FOUNDING_CAPACITY",
+    ] {
         assert!(stdout.contains(setting), "run --help names {setting}");
     }
-    assert!(stdout.contains("default: 200"), "run --help shows the prefetch default");
+    assert!(
+        stdout.contains("default: 200"),
+        "run --help shows the prefetch default"
+    );
 }
 
 #[test]
 fn a_bad_flag_is_named_and_fails() {
-    for args in [&["run", "--prefetchh", "3"][..], &["publish", "--duplicates", "7"], &["status", "--jsn"], &["founding", "set-capacity", "lots"]] {
+    for args in [
+        &["run", "--prefetchh", "3"][..],
+        &["publish", "--duplicates", "7"],
+        &["status", "--jsn"],
+        &["founding", "set-capacity", "lots"],
+    ] {
         let (ok, _, stderr, _) = run(args, &[]);
         assert!(!ok, "{args:?}");
         assert!(stderr.contains("error"), "{args:?}: {stderr}");
@@ -61,9 +77,21 @@ fn one_shot_commands_fail_fast_on_unreachable_servers() {
     let cases: Vec<(&[&str], (&str, &str), &str)> = vec![
         (&["migrate"], no_pg, "PostgreSQL at 127.0.0.1:1"),
         (&["status"], no_pg, "PostgreSQL at 127.0.0.1:1"),
-        (&["founding", "set-capacity", "10"], no_pg, "PostgreSQL at 127.0.0.1:1"),
-        (&["publish", "--count", "1"], no_mq, "RabbitMQ at amqp://guest:***@127.0.0.1:1"),
-        (&["dlq", "replay"], no_mq, "RabbitMQ at amqp://guest:***@127.0.0.1:1"),
+        (
+            &["founding", "set-capacity", "10"],
+            no_pg,
+            "PostgreSQL at 127.0.0.1:1",
+        ),
+        (
+            &["publish", "--count", "1"],
+            no_mq,
+            "RabbitMQ at amqp://guest:***@127.0.0.1:1",
+        ),
+        (
+            &["dlq", "replay"],
+            no_mq,
+            "RabbitMQ at amqp://guest:***@127.0.0.1:1",
+        ),
     ];
     for (args, env, server) in cases {
         let (ok, _, stderr, took) = run(args, &[env, ("RUST_LOG", "off")]);
@@ -71,7 +99,10 @@ fn one_shot_commands_fail_fast_on_unreachable_servers() {
         assert!(took < Duration::from_secs(30), "{args:?} took {took:?}");
         let lines: Vec<_> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{args:?}: one error line, got {stderr}");
-        assert!(lines[0].starts_with("error: ") && lines[0].contains(server), "{args:?}: {stderr}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(server),
+            "{args:?}: {stderr}"
+        );
         assert!(!stderr.contains("secret"), "the password never shows");
     }
 }

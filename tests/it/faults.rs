@@ -16,7 +16,9 @@ async fn killed_backends_and_a_closed_connection_lose_and_duplicate_nothing() {
         w.wait_ready().await;
     }
     const N: usize = 3000;
-    let events: Vec<_> = (0..N).map(|i| event(&format!("fault-{i}"), false)).collect();
+    let events: Vec<_> = (0..N)
+        .map(|i| event(&format!("fault-{i}"), false))
+        .collect();
     let publisher = async {
         for chunk in events.chunks(100) {
             env.publish_many(chunk).await;
@@ -47,19 +49,36 @@ async fn killed_backends_and_a_closed_connection_lose_and_duplicate_nothing() {
     assert!(closed >= 1, "no worker connection was closed");
     eprintln!("terminated {killed} backends, closed {closed} AMQP connections");
 
-    wait_for("all tenants", || async { env.tenant_count().await == N as i64 }).await;
+    wait_for("all tenants", || async {
+        env.tenant_count().await == N as i64
+    })
+    .await;
     let outcomes = env.wait_outcomes(N).await;
-    let ids: HashSet<_> = outcomes.iter().map(|o| o.event_id.clone().unwrap()).collect();
+    let ids: HashSet<_> = outcomes
+        .iter()
+        .map(|o| o.event_id.clone().unwrap())
+        .collect();
     assert_eq!(ids.len(), N, "every event got its outcome");
     assert!(outcomes.iter().all(|o| o.kind == "tenant.signup.completed"));
     env.assert_numbering_invariants().await;
-    assert_eq!(env.scalar("SELECT count(*) FROM tenants WHERE founding_member_number IS NOT NULL").await, N as i64);
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM tenants WHERE founding_member_number IS NOT NULL")
+            .await,
+        N as i64
+    );
     let stats = env.founding().await;
     eprintln!("after faults: {stats:?} (burned {})", stats.burned());
     for w in &workers {
         w.wait_ready().await;
     }
-    assert!(total(&workers, "signup_retries_total{reason=\"broker_unavailable\"}").await >= 1.0);
+    assert!(
+        total(
+            &workers,
+            "signup_retries_total{reason=\"broker_unavailable\"}"
+        )
+        .await
+            >= 1.0
+    );
     drop(workers);
     env.cleanup().await;
 }
@@ -95,8 +114,15 @@ async fn transient_errors_are_retried_then_dead_lettered() {
     let worker = env.spawn_worker(&[("MAX_DELIVERIES", "3")]);
 
     // Batch-mates are not held back by the doomed event.
-    wait_for("flaky and the mates", || async { env.tenant_count().await == 6 }).await;
-    assert_eq!(env.scalar("SELECT count(*) FROM tenants WHERE slug = 'flaky-one'").await, 1);
+    wait_for("flaky and the mates", || async {
+        env.tenant_count().await == 6
+    })
+    .await;
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM tenants WHERE slug = 'flaky-one'")
+            .await,
+        1
+    );
     wait_for("the doomed event in the DLQ", || async {
         env.queue_messages(&env.topology.dead_letter_queue()).await == 1
     })
@@ -104,17 +130,49 @@ async fn transient_errors_are_retried_then_dead_lettered() {
     let dead = env.take_dead_letters().await;
     assert_eq!(dead[0].0, doomed.0);
     let error = dead[0].1.clone().unwrap();
-    assert!(error.contains("3 deliveries") && error.contains("deadlock"), "{error}");
-    assert_eq!(env.scalar("SELECT count(*) FROM tenants WHERE slug = 'doomed-one'").await, 0);
+    assert!(
+        error.contains("3 deliveries") && error.contains("deadlock"),
+        "{error}"
+    );
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM tenants WHERE slug = 'doomed-one'")
+            .await,
+        0
+    );
     assert_eq!(env.queue_messages(&env.topology.retry_queue()).await, 0);
 
     let outcomes = env.wait_outcomes(6).await;
     assert!(outcomes.iter().all(|o| o.kind == "tenant.signup.completed"));
-    assert!(!outcomes.iter().any(|o| o.event_id.as_deref() == Some(doomed.1.as_str())), "no outcome for a dead-lettered event");
-    assert!(worker.metric("signup_retries_total{reason=\"serialization\"}").await >= 2.0);
-    assert!(worker.metric("signup_retries_total{reason=\"deadlock\"}").await >= 3.0);
-    assert_eq!(worker.metric("signup_events_total{outcome=\"dead_lettered\"}").await, 1.0);
-    assert_eq!(worker.metric("signup_events_total{outcome=\"created\"}").await, 6.0);
+    assert!(
+        !outcomes
+            .iter()
+            .any(|o| o.event_id.as_deref() == Some(doomed.1.as_str())),
+        "no outcome for a dead-lettered event"
+    );
+    assert!(
+        worker
+            .metric("signup_retries_total{reason=\"serialization\"}")
+            .await
+            >= 2.0
+    );
+    assert!(
+        worker
+            .metric("signup_retries_total{reason=\"deadlock\"}")
+            .await
+            >= 3.0
+    );
+    assert_eq!(
+        worker
+            .metric("signup_events_total{outcome=\"dead_lettered\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        worker
+            .metric("signup_events_total{outcome=\"created\"}")
+            .await,
+        6.0
+    );
     env.assert_numbering_invariants().await;
     env.assert_no_number_burned().await;
     drop(worker);
@@ -133,17 +191,34 @@ async fn sigterm_while_busy_exits_zero_and_loses_nothing() {
     wait_for("some progress", || async { env.tenant_count().await > 0 }).await;
     worker.sigterm();
     let status = worker.wait_exit().await;
-    assert!(status.success(), "exit status {status:?}; logs:\n{}", worker.logs().join("\n"));
+    assert!(
+        status.success(),
+        "exit status {status:?}; logs:\n{}",
+        worker.logs().join("\n")
+    );
     let stored = env.tenant_count().await;
-    assert!(stored < N as i64, "the test wants to stop mid-stream; raise N");
+    assert!(
+        stored < N as i64,
+        "the test wants to stop mid-stream; raise N"
+    );
     // Everything stored was acked: what is left in the queue is exactly the rest.
-    assert_eq!(env.queue_messages(&env.topology.queue).await as i64, N as i64 - stored);
+    assert_eq!(
+        env.queue_messages(&env.topology.queue).await as i64,
+        N as i64 - stored
+    );
     env.assert_no_number_burned().await;
 
     let _worker = env.spawn_worker(&[]);
-    wait_for("all tenants after restart", || async { env.tenant_count().await == N as i64 }).await;
+    wait_for("all tenants after restart", || async {
+        env.tenant_count().await == N as i64
+    })
+    .await;
     let outcomes = env.wait_outcomes(N).await;
-    assert_eq!(outcomes.len(), N, "one outcome per event: nothing redelivered after a clean stop");
+    assert_eq!(
+        outcomes.len(),
+        N,
+        "one outcome per event: nothing redelivered after a clean stop"
+    );
     env.assert_numbering_invariants().await;
     env.assert_no_number_burned().await;
     drop(_worker);

@@ -10,7 +10,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
@@ -38,7 +41,10 @@ where
         if cond().await {
             return;
         }
-        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -72,28 +78,40 @@ impl TestEnv {
             .env("DATABASE_URL", &db_url)
             .output()
             .expect("run signup-worker migrate");
-        assert!(out.status.success(), "migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "migrate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
 
         // One connection: the fault tests terminate every other backend of the database.
         let db = DbTarget::parse(&db_url).unwrap().connect(1).await.unwrap();
-        let conn = amqp::connect(AMQP_URL, &format!("test harness {id}")).await.unwrap();
+        let conn = amqp::connect(AMQP_URL, &format!("test harness {id}"))
+            .await
+            .unwrap();
         let channel = amqp::confirm_channel(&conn).await.unwrap();
         topology.declare(&channel).await.unwrap();
         let outcome_queue = format!("test.{id}.outcomes");
         channel
-            .queue_declare(outcome_queue.as_str().into(), QueueDeclareOptions::durable(), FieldTable::default())
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
+            .queue_declare(
                 outcome_queue.as_str().into(),
-                topology.exchange.as_str().into(),
-                "tenant.signup.*".into(),
-                QueueBindOptions::default(),
+                QueueDeclareOptions::durable(),
                 FieldTable::default(),
             )
             .await
             .unwrap();
+        for key in [amqp::COMPLETED, amqp::REJECTED] {
+            channel
+                .queue_bind(
+                    outcome_queue.as_str().into(),
+                    topology.exchange.as_str().into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
         Self {
             id,
             db_name,
@@ -130,9 +148,16 @@ impl TestEnv {
 
     pub async fn publish_raw(&self, body: &[u8], message_id: &str) {
         let props = amqp::json_properties().with_message_id(message_id.into());
-        let c = amqp::publish(&self.channel, &self.topology.exchange, SIGNUP_REQUESTED, body, props, true)
-            .await
-            .unwrap();
+        let c = amqp::publish(
+            &self.channel,
+            &self.topology.exchange,
+            SIGNUP_REQUESTED,
+            body,
+            props,
+            true,
+        )
+        .await
+        .unwrap();
         amqp::confirmed(c, &self.topology.queue).await.unwrap();
     }
 
@@ -142,9 +167,16 @@ impl TestEnv {
         for (body, id) in bodies {
             let props = amqp::json_properties().with_message_id(id.as_str().into());
             pending.push(
-                amqp::publish(&self.channel, &self.topology.exchange, SIGNUP_REQUESTED, body, props, true)
-                    .await
-                    .unwrap(),
+                amqp::publish(
+                    &self.channel,
+                    &self.topology.exchange,
+                    SIGNUP_REQUESTED,
+                    body,
+                    props,
+                    true,
+                )
+                .await
+                .unwrap(),
             );
         }
         for c in pending {
@@ -157,13 +189,24 @@ impl TestEnv {
         loop {
             let got = self
                 .channel
-                .basic_get(self.outcome_queue.as_str().into(), BasicGetOptions::default())
+                .basic_get(
+                    self.outcome_queue.as_str().into(),
+                    BasicGetOptions::default(),
+                )
                 .await
                 .unwrap();
             let Some(msg) = got else { break };
             let event: OutcomeEvent = serde_json::from_slice(&msg.delivery.data).unwrap();
-            let correlation = msg.delivery.properties.correlation_id().as_ref().map(|c| c.to_string());
-            assert_eq!(correlation, event.event_id, "correlation_id is the event id");
+            let correlation = msg
+                .delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|c| c.to_string());
+            assert_eq!(
+                correlation, event.event_id,
+                "correlation_id is the event id"
+            );
             self.outcomes.lock().unwrap().push(event);
             self.channel
                 .basic_ack(msg.delivery.delivery_tag, BasicAckOptions::default())
@@ -174,7 +217,10 @@ impl TestEnv {
     }
 
     pub async fn wait_outcomes(&self, n: usize) -> Vec<OutcomeEvent> {
-        wait_for(&format!("{n} outcome events"), || async { self.outcomes().await.len() >= n }).await;
+        wait_for(&format!("{n} outcome events"), || async {
+            self.outcomes().await.len() >= n
+        })
+        .await;
         self.outcomes().await
     }
 
@@ -182,7 +228,11 @@ impl TestEnv {
     pub async fn queue_messages(&self, name: &str) -> u32 {
         let ch = self.conn.create_channel().await.unwrap();
         let q = ch
-            .queue_declare(name.into(), QueueDeclareOptions::default().passive(), FieldTable::default())
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions::default().passive(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
         let _ = ch.close(200, "".into()).await;
@@ -193,7 +243,12 @@ impl TestEnv {
     pub async fn take_dead_letters(&self) -> Vec<(Vec<u8>, Option<String>)> {
         let mut out = Vec::new();
         let dlq = self.topology.dead_letter_queue();
-        while let Some(msg) = self.channel.basic_get(dlq.as_str().into(), BasicGetOptions::default()).await.unwrap() {
+        while let Some(msg) = self
+            .channel
+            .basic_get(dlq.as_str().into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
             let error = msg
                 .delivery
                 .properties
@@ -205,7 +260,10 @@ impl TestEnv {
                     other => format!("{other:?}"),
                 });
             out.push((msg.delivery.data.clone(), error));
-            self.channel.basic_ack(msg.delivery.delivery_tag, BasicAckOptions::default()).await.unwrap();
+            self.channel
+                .basic_ack(msg.delivery.delivery_tag, BasicAckOptions::default())
+                .await
+                .unwrap();
         }
         out
     }
@@ -230,7 +288,9 @@ impl TestEnv {
 
     /// (capacity, position, assigned)
     pub async fn founding(&self) -> signup_worker::store::FoundingStats {
-        signup_worker::store::founding_stats(&self.db).await.unwrap()
+        signup_worker::store::founding_stats(&self.db)
+            .await
+            .unwrap()
     }
 
     /// The invariants that hold after any run: numbers distinct, within 1..=capacity, never on
@@ -249,7 +309,9 @@ impl TestEnv {
             .await;
         assert_eq!(out_of_range, 0, "numbers outside 1..capacity");
         let demo = self
-            .scalar("SELECT count(*) FROM tenants WHERE is_demo AND founding_member_number IS NOT NULL")
+            .scalar(
+                "SELECT count(*) FROM tenants WHERE is_demo AND founding_member_number IS NOT NULL",
+            )
             .await;
         assert_eq!(demo, 0, "a demo tenant got a number");
         assert!(stats.position <= stats.capacity);
@@ -266,15 +328,33 @@ impl TestEnv {
     /// Deletes the queues, the exchange and the database.
     pub async fn cleanup(self) {
         let t = &self.topology;
-        for q in [t.queue.clone(), t.retry_queue(), t.dead_letter_queue(), self.outcome_queue.clone()] {
-            let _ = self.channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        for q in [
+            t.queue.clone(),
+            t.retry_queue(),
+            t.dead_letter_queue(),
+            self.outcome_queue.clone(),
+        ] {
+            let _ = self
+                .channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
-        let _ = self.channel.exchange_delete(t.exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+        let _ = self
+            .channel
+            .exchange_delete(t.exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
         let _ = self.conn.close(200, "".into()).await;
         let _ = self.db.close().await;
-        let admin = DbTarget::parse(&format!("{PG_SERVER}/postgres")).unwrap().connect(1).await.unwrap();
+        let admin = DbTarget::parse(&format!("{PG_SERVER}/postgres"))
+            .unwrap()
+            .connect(1)
+            .await
+            .unwrap();
         admin
-            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name))
+            .execute_unprepared(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            ))
             .await
             .unwrap();
     }
@@ -287,7 +367,14 @@ pub fn event(slug: &str, is_demo: bool) -> (Vec<u8>, String) {
 
 pub fn event_with_id(id: Uuid, slug: &str, is_demo: bool) -> (Vec<u8>, String) {
     (
-        signup_body(id, slug, &format!("Business {slug}"), &format!("owner@{slug}.example"), Tier::Starter, is_demo),
+        signup_body(
+            id,
+            slug,
+            &format!("Business {slug}"),
+            &format!("owner@{slug}.example"),
+            Tier::Starter,
+            is_demo,
+        ),
         id.to_string(),
     )
 }
@@ -339,7 +426,9 @@ impl Worker {
     }
 
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = tokio::net::TcpStream::connect(&self.metrics_addr).await.ok()?;
+        let mut stream = tokio::net::TcpStream::connect(&self.metrics_addr)
+            .await
+            .ok()?;
         stream
             .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
             .await
@@ -347,7 +436,10 @@ impl Worker {
         let mut text = String::new();
         stream.read_to_string(&mut text).await.ok()?;
         let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         Some((status, body))
     }
 
@@ -376,7 +468,10 @@ impl Worker {
     }
 
     pub fn sigterm(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -386,7 +481,11 @@ impl Worker {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(start.elapsed() < DEADLINE, "worker did not exit; logs:\n{}", self.logs().join("\n"));
+            assert!(
+                start.elapsed() < DEADLINE,
+                "worker did not exit; logs:\n{}",
+                self.logs().join("\n")
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -14,18 +14,33 @@ fn body(v: serde_json::Value) -> Vec<u8> {
 async fn every_invalid_class_is_dead_lettered_and_the_worker_goes_on() {
     let env = TestEnv::new(100).await;
     let tenant = |slug: &str, name: &str, tier: &str| json!({"business_name": name, "slug": slug, "owner_email": "a@b.example", "tier": tier});
-    let ev = |version: serde_json::Value, tenant: serde_json::Value| {
-        json!({"event_id": Uuid::new_v4(), "type": "tenant.signup.requested", "version": version, "tenant": tenant})
-    };
+    let ev = |version: serde_json::Value, tenant: serde_json::Value| json!({"event_id": Uuid::new_v4(), "type": "tenant.signup.requested", "version": version, "tenant": tenant});
     let mut huge = ev(json!(1), tenant("huge-co", "Huge", "starter"));
     huge["padding"] = json!("x".repeat(65_536));
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("not JSON", b"{this is not json".to_vec()),
-        ("missing field", body(json!({"event_id": Uuid::new_v4(), "type": "tenant.signup.requested", "version": 1, "tenant": {"slug": "no-tier"}}))),
-        ("bad slug", body(ev(json!(1), tenant("Bad_Slug", "Bad", "starter")))),
-        ("wrong version", body(ev(json!(2), tenant("version-two", "V2", "starter")))),
-        ("wrong tier", body(ev(json!(1), tenant("platinum-co", "P", "platinum")))),
-        ("blank name", body(ev(json!(1), tenant("blank-name", "   ", "growth")))),
+        (
+            "missing field",
+            body(
+                json!({"event_id": Uuid::new_v4(), "type": "tenant.signup.requested", "version": 1, "tenant": {"slug": "no-tier"}}),
+            ),
+        ),
+        (
+            "bad slug",
+            body(ev(json!(1), tenant("Bad_Slug", "Bad", "starter"))),
+        ),
+        (
+            "wrong version",
+            body(ev(json!(2), tenant("version-two", "V2", "starter"))),
+        ),
+        (
+            "wrong tier",
+            body(ev(json!(1), tenant("platinum-co", "P", "platinum"))),
+        ),
+        (
+            "blank name",
+            body(ev(json!(1), tenant("blank-name", "   ", "growth"))),
+        ),
         ("body over 64 KiB", body(huge)),
     ];
     let valid_before = event("valid-before", false);
@@ -38,25 +53,55 @@ async fn every_invalid_class_is_dead_lettered_and_the_worker_goes_on() {
 
     let worker = env.spawn_worker(&[]);
     let outcomes = env.wait_outcomes(9).await;
-    assert_eq!(env.tenant_count().await, 2, "only the two valid events stored");
-    let rejected: Vec<_> = outcomes.iter().filter(|o| o.reason.as_deref() == Some("invalid")).collect();
+    assert_eq!(
+        env.tenant_count().await,
+        2,
+        "only the two valid events stored"
+    );
+    let rejected: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.reason.as_deref() == Some("invalid"))
+        .collect();
     assert_eq!(rejected.len(), cases.len());
-    assert!(rejected.iter().all(|o| o.kind == "tenant.signup.rejected" && o.tenant_id.is_none()));
+    assert!(rejected
+        .iter()
+        .all(|o| o.kind == "tenant.signup.rejected" && o.tenant_id.is_none()));
     // Unparseable body: the event id falls back to the AMQP message_id.
-    assert!(rejected.iter().any(|o| o.event_id.as_deref() == Some("invalid-0")));
+    assert!(rejected
+        .iter()
+        .any(|o| o.event_id.as_deref() == Some("invalid-0")));
 
-    wait_for("7 dead letters", || async { env.queue_messages(&env.topology.dead_letter_queue()).await == 7 }).await;
+    wait_for("7 dead letters", || async {
+        env.queue_messages(&env.topology.dead_letter_queue()).await == 7
+    })
+    .await;
     let dead = env.take_dead_letters().await;
     assert_eq!(dead.len(), cases.len());
     for ((name, sent), (got, error)) in cases.iter().zip(&dead) {
         assert_eq!(sent, got, "{name}: the body is kept as sent");
         let error = error.clone().unwrap_or_default();
-        assert!(error.starts_with("invalid: "), "{name}: x-signup-error = {error:?}");
+        assert!(
+            error.starts_with("invalid: "),
+            "{name}: x-signup-error = {error:?}"
+        );
     }
-    assert!(dead[1].1.as_deref().unwrap().contains("tier"), "{:?}", dead[1].1);
-    assert!(dead[6].1.as_deref().unwrap().contains("65536"), "{:?}", dead[6].1);
+    assert!(
+        dead[1].1.as_deref().unwrap().contains("missing field"),
+        "{:?}",
+        dead[1].1
+    );
+    assert!(
+        dead[6].1.as_deref().unwrap().contains("65536"),
+        "{:?}",
+        dead[6].1
+    );
     assert!(worker.is_ready().await, "the worker goes on");
-    assert_eq!(worker.metric("signup_events_total{outcome=\"invalid\"}").await, 7.0);
+    assert_eq!(
+        worker
+            .metric("signup_events_total{outcome=\"invalid\"}")
+            .await,
+        7.0
+    );
     env.assert_no_number_burned().await;
     assert_eq!(env.founding().await.position, 2);
     drop(worker);

@@ -8,7 +8,11 @@ use crate::helpers::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_go_up_down_and_up_again() {
     let env = TestEnv::new(3).await;
-    assert_eq!(env.founding().await.capacity, 3, "--founding-capacity sets MAXVALUE");
+    assert_eq!(
+        env.founding().await.capacity,
+        3,
+        "--founding-capacity sets MAXVALUE"
+    );
     env.execute("INSERT INTO tenants (event_id, slug, business_name, owner_email, tier) VALUES (gen_random_uuid(), 'before-down', 'B', 'a@b.c', 'starter')").await;
 
     Migrator::down(&env.db, None).await.unwrap();
@@ -25,10 +29,20 @@ async fn migrations_go_up_down_and_up_again() {
     // Without the capacity setting, `up` uses the default capacity.
     assert_eq!(env.founding().await.capacity, 100);
     env.execute("INSERT INTO tenants (event_id, slug, business_name, owner_email, tier) VALUES (gen_random_uuid(), 'after-up', 'A', 'a@b.c', 'starter')").await;
-    assert_eq!(env.scalar("SELECT founding_member_number::bigint FROM tenants WHERE slug = 'after-up'").await, 1);
+    assert_eq!(
+        env.scalar("SELECT founding_member_number::bigint FROM tenants WHERE slug = 'after-up'")
+            .await,
+        1
+    );
     // The trigger overrides any number the application sends, and demo tenants get none.
     env.execute("INSERT INTO tenants (event_id, slug, business_name, owner_email, tier, is_demo, founding_member_number) VALUES (gen_random_uuid(), 'demo-x', 'D', 'a@b.c', 'starter', true, 42)").await;
-    assert_eq!(env.scalar("SELECT count(*) FROM tenants WHERE slug = 'demo-x' AND founding_member_number IS NULL").await, 1);
+    assert_eq!(
+        env.scalar(
+            "SELECT count(*) FROM tenants WHERE slug = 'demo-x' AND founding_member_number IS NULL"
+        )
+        .await,
+        1
+    );
     env.cleanup().await;
 }
 
@@ -37,7 +51,10 @@ async fn concurrent_migrate_runs_are_safe_and_idempotent() {
     let env = TestEnv::new(7).await;
     // Drop everything, then let four processes migrate at once.
     Migrator::down(&env.db, None).await.unwrap();
-    env.db.execute_unprepared("DROP TABLE seaql_migrations").await.unwrap();
+    env.db
+        .execute_unprepared("DROP TABLE seaql_migrations")
+        .await
+        .unwrap();
     let children: Vec<_> = (0..4)
         .map(|_| {
             env.command()
@@ -50,12 +67,20 @@ async fn concurrent_migrate_runs_are_safe_and_idempotent() {
         .collect();
     for child in children {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_eq!(env.scalar("SELECT count(*) FROM seaql_migrations").await, 3);
     assert_eq!(env.founding().await.capacity, 9);
     // A later run with another capacity does not change it: it applies only at creation.
-    let out = env.command().args(["migrate", "--founding-capacity", "50"]).output().unwrap();
+    let out = env
+        .command()
+        .args(["migrate", "--founding-capacity", "50"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(env.founding().await.capacity, 9);
     env.cleanup().await;

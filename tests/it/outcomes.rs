@@ -6,42 +6,82 @@ use crate::helpers::*;
 async fn status_set_capacity_and_dlq_replay() {
     let env = TestEnv::new(2).await;
     // Two numbered tenants, then one invalid message in the DLQ.
-    env.publish_many(&[event("cap-a", false), event("cap-b", false), event("cap-c", false)]).await;
+    env.publish_many(&[
+        event("cap-a", false),
+        event("cap-b", false),
+        event("cap-c", false),
+    ])
+    .await;
     env.publish_raw(b"not json", "broken-1").await;
     let worker = env.spawn_worker(&[]);
     env.wait_outcomes(4).await;
-    wait_for("a dead letter", || async { env.queue_messages(&env.topology.dead_letter_queue()).await == 1 }).await;
+    wait_for("a dead letter", || async {
+        env.queue_messages(&env.topology.dead_letter_queue()).await == 1
+    })
+    .await;
 
     let out = env.command().args(["status", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["founding"], serde_json::json!({"capacity": 2, "position": 2, "assigned": 2, "burned": 0, "remaining": 0}));
+    assert_eq!(
+        status["founding"],
+        serde_json::json!({"capacity": 2, "position": 2, "assigned": 2, "burned": 0, "remaining": 0})
+    );
     assert_eq!(status["queues"]["dlq"]["messages"], 1);
     assert_eq!(status["queues"]["main"]["consumers"], 1);
     let human = env.command().arg("status").output().unwrap();
     assert!(String::from_utf8_lossy(&human.stdout).contains("remaining"));
 
     // Below the position: refused, nothing changes.
-    let out = env.command().args(["founding", "set-capacity", "1"]).output().unwrap();
+    let out = env
+        .command()
+        .args(["founding", "set-capacity", "1"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("below the sequence position 2"));
     assert_eq!(env.founding().await.capacity, 2);
     // Raising it reopens the programme for the next signup.
-    let out = env.command().args(["founding", "set-capacity", "10"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env
+        .command()
+        .args(["founding", "set-capacity", "10"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(env.founding().await.capacity, 10);
-    env.publish_raw(&event("cap-d", false).0, &uuid::Uuid::new_v4().to_string()).await;
+    env.publish_raw(&event("cap-d", false).0, &uuid::Uuid::new_v4().to_string())
+        .await;
     wait_for("cap-d numbered 3", || async {
-        env.scalar("SELECT count(*) FROM tenants WHERE slug = 'cap-d' AND founding_member_number = 3").await == 1
+        env.scalar(
+            "SELECT count(*) FROM tenants WHERE slug = 'cap-d' AND founding_member_number = 3",
+        )
+        .await
+            == 1
     })
     .await;
 
     // Replay: the worker sees the message again and dead-letters it again.
     let out = env.command().args(["dlq", "replay"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 1"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("replayed 1 "), "{said}");
     wait_for("the replayed message back in the DLQ", || async {
-        worker.metric("signup_events_total{outcome=\"invalid\"}").await == 2.0
+        worker
+            .metric("signup_events_total{outcome=\"invalid\"}")
+            .await
+            == 2.0
             && env.queue_messages(&env.topology.dead_letter_queue()).await == 1
     })
     .await;
@@ -56,23 +96,51 @@ async fn the_publisher_mix_lands_exactly_once() {
     // Published before any worker: the publisher declares the topology itself.
     let out = env
         .command()
-        .args(["publish", "--count", "400", "--duplicates", "0.1", "--slug-collisions", "0.1", "--invalid", "0.05", "--demo", "0.2", "--no-progress"])
+        .args([
+            "publish",
+            "--count",
+            "400",
+            "--duplicates",
+            "0.1",
+            "--slug-collisions",
+            "0.1",
+            "--invalid",
+            "0.05",
+            "--demo",
+            "0.2",
+            "--no-progress",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary = String::from_utf8_lossy(&out.stdout).into_owned();
     let count = |label: &str| -> i64 {
-        let words: Vec<_> = summary.split(|c: char| c == ',' || c == ':' || c == '(' || c == ')').collect();
-        words.iter().find(|w| w.trim().ends_with(label)).and_then(|w| w.split_whitespace().next()?.parse().ok()).unwrap_or_else(|| panic!("{label} in {summary}"))
+        let words: Vec<_> = summary
+            .split(|c: char| c == ',' || c == ':' || c == '(' || c == ')')
+            .collect();
+        words
+            .iter()
+            .find(|w| w.trim().ends_with(label))
+            .and_then(|w| w.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{label} in {summary}"))
     };
     let (new, invalid) = (count("new events"), count("invalid"));
     assert_eq!(env.queue_messages(&env.topology.queue).await, 400);
 
-    let workers: Vec<_> = (0..2).map(|_| env.spawn_worker(&[("BATCH_SIZE", "16")])).collect();
+    let workers: Vec<_> = (0..2)
+        .map(|_| env.spawn_worker(&[("BATCH_SIZE", "16")]))
+        .collect();
     let outcomes = env.wait_outcomes(400).await;
     assert_eq!(outcomes.len(), 400);
     assert_eq!(env.tenant_count().await, new);
-    let invalid_outcomes = outcomes.iter().filter(|o| o.reason.as_deref() == Some("invalid")).count() as i64;
+    let invalid_outcomes = outcomes
+        .iter()
+        .filter(|o| o.reason.as_deref() == Some("invalid"))
+        .count() as i64;
     assert_eq!(invalid_outcomes, invalid);
     env.assert_numbering_invariants().await;
     env.assert_no_number_burned().await;

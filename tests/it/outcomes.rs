@@ -119,9 +119,7 @@ async fn the_publisher_mix_lands_exactly_once() {
     );
     let summary = String::from_utf8_lossy(&out.stdout).into_owned();
     let count = |label: &str| -> i64 {
-        let words: Vec<_> = summary
-            .split(|c: char| c == ',' || c == ':' || c == '(' || c == ')')
-            .collect();
+        let words: Vec<_> = summary.split([',', ':', '(', ')']).collect();
         words
             .iter()
             .find(|w| w.trim().ends_with(label))

@@ -396,6 +396,10 @@ impl Worker {
             self.process(&consume_channel, &publish_channel, batch)
                 .await?;
         }
+        // Close the channels before the connection, or lapin reports the connection closing
+        // under open channels as an error.
+        let _ = publish_channel.close(200, "shutting down".into()).await;
+        let _ = consume_channel.close(200, "shutting down".into()).await;
         Ok(())
     }
 
@@ -526,7 +530,7 @@ impl Worker {
                 metrics::event(EventOutcome::Created);
                 if exhausted {
                     metrics::founding_exhausted();
-                    info!(
+                    debug!(
                         tenant_id = tenant.id,
                         "tenant created without a number: founding programme is full"
                     );

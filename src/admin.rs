@@ -142,7 +142,7 @@ const FAILURE_HEADERS: &[&str] = &[
     "x-delivery-count",
 ];
 
-/// Moves up to `limit` dead-lettered messages back to the exchange with routing key
+/// Moves up to `limit` of the messages dead-lettered so far (all of them by default) back to the exchange with routing key
 /// `tenant.signup.requested`. Each is acked on the DLQ only after its republish is confirmed,
 /// so a crash in between duplicates a message (harmless) and never loses one.
 pub async fn dlq_replay(
@@ -157,8 +157,12 @@ pub async fn dlq_replay(
         .await
         .context("declaring the topology")?;
     let dlq = topology.dead_letter_queue();
+    // Only what is there now: a replayed message that fails again comes back to the DLQ while
+    // we run, and must not be replayed again in a loop.
+    let waiting = u64::from(queue_depth(&conn, &dlq).await?.messages);
+    let limit = limit.map_or(waiting, |l| l.min(waiting));
     let mut moved = 0;
-    while limit.is_none_or(|l| moved < l) {
+    while moved < limit {
         let Some(message) = channel
             .basic_get(dlq.as_str().into(), BasicGetOptions::default())
             .await?

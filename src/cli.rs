@@ -207,7 +207,7 @@ pub enum FoundingCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
-    /// Move dead-lettered messages back onto the main queue
+    /// Move the messages now in the dead-letter queue back onto the main queue
     Replay {
         /// At most this many messages (default: all)
         #[arg(long)]

@@ -147,18 +147,8 @@ impl TestEnv {
     }
 
     pub async fn publish_raw(&self, body: &[u8], message_id: &str) {
-        let props = amqp::json_properties().with_message_id(message_id.into());
-        let c = amqp::publish(
-            &self.channel,
-            &self.topology.exchange,
-            SIGNUP_REQUESTED,
-            body,
-            props,
-            true,
-        )
-        .await
-        .unwrap();
-        amqp::confirmed(c, &self.topology.queue).await.unwrap();
+        self.publish_many(&[(body.to_vec(), message_id.to_owned())])
+            .await;
     }
 
     /// Publishes a batch with all confirms awaited at the end.

@@ -128,10 +128,10 @@ pub struct RunArgs {
     /// Listener for /metrics, /healthz and /readyz
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9464")]
     pub metrics_addr: SocketAddr,
-    /// Unacked deliveries the broker may push to this replica: two batches, one being stored
-    /// while the next fills. Bounded so that memory stays flat and the backlog stays visible
-    /// as ready messages to autoscalers.
-    #[arg(long, env = "PREFETCH", default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Unacked deliveries the broker may push to this replica: three batches, one being
+    /// published and acked, one being stored, one filling. Bounded so that memory stays flat
+    /// and the backlog stays visible as ready messages to autoscalers.
+    #[arg(long, env = "PREFETCH", default_value_t = 300, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
     /// Most events stored in one transaction (at most PREFETCH)
     #[arg(long, env = "BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]

@@ -42,7 +42,11 @@ impl DbTarget {
             .parse()
             .map_err(|e: sea_orm::sqlx::Error| DbSetupError::BadUrl(e.to_string()))?;
         // Statements are traced by our own spans; sqlx's per-statement log would flood.
+        // Custom plans: a generic plan cached while `tenants` was small keeps seq-scanning it
+        // as it grows (nothing invalidates the plan until the next ANALYZE), which made each
+        // batch's lookup slower by the second. Planning per execution reads the current size.
         let options = options
+            .options([("plan_cache_mode", "force_custom_plan")])
             .log_statements(log::LevelFilter::Trace)
             .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(2));
         let server = format!(

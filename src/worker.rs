@@ -260,6 +260,8 @@ enum SessionError {
     ConsumerCancelled,
     #[error(transparent)]
     Stopped(#[from] Stopped),
+    #[error("the publishing stage ended")]
+    PipelineClosed,
 }
 
 struct Worker {
@@ -274,6 +276,13 @@ struct Inbound {
     delivery: Delivery,
     received: Instant,
     parsed: Result<SignupRequest, InvalidEvent>,
+}
+
+/// A stored batch on its way to the second stage: what each delivery owes before the ack.
+struct Committed {
+    inbound: Vec<Inbound>,
+    actions: Vec<Action>,
+    store_time: Duration,
 }
 
 /// What must be published (and confirmed) for one delivery before the batch is acked.
@@ -351,6 +360,30 @@ impl Worker {
         *attempt = 0;
         info!(queue = %topology.queue, prefetch = self.settings.prefetch, batch_size = self.settings.batch_size, "consuming");
 
+        // Two stages, so that storing batch k+1 overlaps publishing and acking batch k. The
+        // channel holds one committed batch; with prefetch at three batches the broker keeps
+        // the next one coming meanwhile. Batches leave the second stage in delivery order, so
+        // each `ack(multiple)` covers exactly its own batch.
+        let (committed, to_finish) = tokio::sync::mpsc::channel::<Committed>(1);
+        tokio::try_join!(
+            self.intake(&consume_channel, &mut consumer, committed),
+            self.finish_all(&consume_channel, &publish_channel, to_finish),
+        )?;
+        // Close the channels before the connection, or lapin reports the connection closing
+        // under open channels as an error.
+        let _ = publish_channel.close(200, "shutting down".into()).await;
+        let _ = consume_channel.close(200, "shutting down".into()).await;
+        Ok(())
+    }
+
+    /// First stage: takes batches of deliveries and stores them. Returns `Ok` after a clean
+    /// drain on shutdown; dropping `committed` then lets the second stage finish.
+    async fn intake(
+        &self,
+        consume_channel: &Channel,
+        consumer: &mut Consumer,
+        committed: tokio::sync::mpsc::Sender<Committed>,
+    ) -> Result<(), SessionError> {
         loop {
             let first = tokio::select! {
                 biased;
@@ -374,8 +407,11 @@ impl Worker {
                     None => break,
                 }
             }
-            self.process(&consume_channel, &publish_channel, batch)
-                .await?;
+            let done = self.store_stage(batch).await?;
+            committed
+                .send(done)
+                .await
+                .map_err(|_| SessionError::PipelineClosed)?;
             if ended {
                 return Err(SessionError::ConsumerCancelled);
             }
@@ -386,30 +422,38 @@ impl Worker {
         consume_channel
             .basic_cancel(consumer.tag(), BasicCancelOptions::default())
             .await?;
-        let held = drain(&mut consumer).await;
+        let held = drain(consumer).await;
         if !held.is_empty() {
             info!(count = held.len(), "finishing deliveries held at shutdown");
         }
         let mut held = held.into_iter().peekable();
         while held.peek().is_some() {
             let batch: Vec<Delivery> = held.by_ref().take(self.settings.batch_size).collect();
-            self.process(&consume_channel, &publish_channel, batch)
-                .await?;
+            let done = self.store_stage(batch).await?;
+            committed
+                .send(done)
+                .await
+                .map_err(|_| SessionError::PipelineClosed)?;
         }
-        // Close the channels before the connection, or lapin reports the connection closing
-        // under open channels as an error.
-        let _ = publish_channel.close(200, "shutting down".into()).await;
-        let _ = consume_channel.close(200, "shutting down".into()).await;
         Ok(())
     }
 
-    /// Parses, stores, publishes and acks one batch.
-    async fn process(
+    /// Second stage: publishes what each committed batch owes, then acks it, in order.
+    async fn finish_all(
         &self,
         consume_channel: &Channel,
         publish_channel: &Channel,
-        deliveries: Vec<Delivery>,
+        mut to_finish: tokio::sync::mpsc::Receiver<Committed>,
     ) -> Result<(), SessionError> {
+        while let Some(batch) = to_finish.recv().await {
+            self.finish_stage(consume_channel, publish_channel, batch)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Parses and stores one batch, and decides what each delivery owes.
+    async fn store_stage(&self, deliveries: Vec<Delivery>) -> Result<Committed, Stopped> {
         let received = Instant::now();
         let inbound: Vec<Inbound> = deliveries
             .into_iter()
@@ -419,16 +463,11 @@ impl Worker {
                 received,
             })
             .collect();
-        let Some(last_tag) = inbound.last().map(|i| i.delivery.delivery_tag) else {
-            return Ok(());
-        };
-
         let valid: Vec<&SignupRequest> = inbound
             .iter()
             .filter_map(|i| i.parsed.as_ref().ok())
             .collect();
         let mut resolutions = self.store_with_retries(&valid).await?.into_iter();
-
         let mut actions = Vec::with_capacity(inbound.len());
         for item in &inbound {
             let action = match &item.parsed {
@@ -442,12 +481,40 @@ impl Worker {
             };
             actions.push(action);
         }
+        Ok(Committed {
+            inbound,
+            actions,
+            store_time: received.elapsed(),
+        })
+    }
 
+    /// Publishes and confirms everything a committed batch owes, then acks the batch.
+    async fn finish_stage(
+        &self,
+        consume_channel: &Channel,
+        publish_channel: &Channel,
+        batch: Committed,
+    ) -> Result<(), SessionError> {
+        let Committed {
+            inbound,
+            actions,
+            store_time,
+        } = batch;
+        let Some(last_tag) = inbound.last().map(|i| i.delivery.delivery_tag) else {
+            return Ok(());
+        };
+        let started = Instant::now();
         self.publish_actions(publish_channel, &inbound, &actions)
             .await?;
         consume_channel
             .basic_ack(last_tag, BasicAckOptions { multiple: true })
             .await?;
+        debug!(
+            events = inbound.len(),
+            store_ms = store_time.as_millis() as u64,
+            publish_ack_ms = started.elapsed().as_millis() as u64,
+            "batch done"
+        );
         for (item, action) in inbound.iter().zip(&actions) {
             if let Action::DeadLetter { counted_as, .. } = action {
                 metrics::event(*counted_as);

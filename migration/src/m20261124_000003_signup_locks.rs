@@ -21,21 +21,18 @@ impl MigrationTrait for Migration {
             .execute_unprepared(
                 r#"
 CREATE FUNCTION signup_lock_keys(event_ids uuid[], slugs text[]) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    k bigint;
-BEGIN
-    FOR k IN
+LANGUAGE sql AS $$
+    -- The sorted subquery is not flattened (it has ORDER BY and DISTINCT), so the aggregate
+    -- above it takes the locks one by one in key order.
+    SELECT count(pg_advisory_xact_lock(key))
+    FROM (
         SELECT DISTINCT key FROM (
             SELECT hashtextextended('event_id:' || e::text, 0) AS key FROM unnest(event_ids) AS e
             UNION ALL
             SELECT hashtextextended('slug:' || s, 0) FROM unnest(slugs) AS s
-        ) AS keys
+        ) AS all_keys
         ORDER BY key
-    LOOP
-        PERFORM pg_advisory_xact_lock(k);
-    END LOOP;
-END
+    ) AS sorted;
 $$;
 "#,
             )

@@ -48,7 +48,7 @@ fn every_subcommand_has_help() {
         assert!(stdout.contains(setting), "run --help names {setting}");
     }
     assert!(
-        stdout.contains("default: 200"),
+        stdout.contains("default: 300"),
         "run --help shows the prefetch default"
     );
 }

@@ -44,11 +44,13 @@ pub fn classify_db(err: &DbErr) -> DbFailure {
         founding_number_conflict: false,
     };
     match err {
-        DbErr::ConnectionAcquire(_) => DbFailure::Unavailable,
-        DbErr::Conn(RuntimeErr::SqlxError(e))
-        | DbErr::Exec(RuntimeErr::SqlxError(e))
-        | DbErr::Query(RuntimeErr::SqlxError(e)) => classify_sqlx(e),
-        DbErr::Conn(_) => DbFailure::Unavailable,
+        // Whatever the server said while we were getting a connection (wrong password,
+        // "database does not allow connections", too many clients...), it is not the events'
+        // fault: wait for an operator or for the server, never dead-letter.
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => DbFailure::Unavailable,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            classify_sqlx(e)
+        }
         _ => other,
     }
 }
@@ -161,5 +163,9 @@ mod tests {
             classify_db(&DbErr::Custom("x".into())).retry_reason(),
             RetryReason::Other
         );
+        let refused = DbErr::Conn(RuntimeErr::Internal(
+            "database does not allow connections".into(),
+        ));
+        assert_eq!(classify_db(&refused), DbFailure::Unavailable);
     }
 }

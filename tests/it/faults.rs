@@ -224,3 +224,123 @@ async fn sigterm_while_busy_exits_zero_and_loses_nothing() {
     drop(_worker);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_pauses_the_worker_and_loses_nothing() {
+    let env = TestEnv::new(1000).await;
+    let worker = env.spawn_worker(&[("BATCH_SIZE", "10")]);
+    worker.wait_ready().await;
+    let before: Vec<_> = (0..50)
+        .map(|i| event(&format!("pre-outage-{i}"), false))
+        .collect();
+    env.publish_many(&before).await;
+    wait_for("the first events", || async {
+        env.tenant_count().await == 50
+    })
+    .await;
+
+    // The outage: no new connections to the test database, and the existing ones cut. The
+    // harness keeps its own connection (it is the one running these statements).
+    env.execute_as_admin(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+        env.db_name
+    ))
+    .await;
+    env.scalar(&format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+        env.db_name
+    ))
+    .await;
+    let during: Vec<_> = (0..50)
+        .map(|i| event(&format!("in-outage-{i}"), false))
+        .collect();
+    env.publish_many(&during).await;
+    wait_for("/readyz to report the outage", || async {
+        !worker.is_ready().await
+    })
+    .await;
+    assert!(
+        matches!(worker.get("/healthz").await, Some((200, _))),
+        "alive all the same"
+    );
+    assert_eq!(env.tenant_count().await, 50);
+    assert_eq!(
+        env.queue_messages(&env.topology.dead_letter_queue()).await,
+        0,
+        "an outage never dead-letters"
+    );
+    assert!(
+        worker
+            .metric("signup_retries_total{reason=\"database_unavailable\"}")
+            .await
+            >= 1.0
+    );
+
+    env.execute_as_admin(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+        env.db_name
+    ))
+    .await;
+    wait_for("the held events", || async {
+        env.tenant_count().await == 100
+    })
+    .await;
+    worker.wait_ready().await;
+    let outcomes = env.wait_outcomes(100).await;
+    let ids: HashSet<_> = outcomes
+        .iter()
+        .map(|o| o.event_id.clone().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 100);
+    assert_eq!(
+        env.queue_messages(&env.topology.dead_letter_queue()).await,
+        0
+    );
+    env.assert_numbering_invariants().await;
+    drop(worker);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_keeps_trying_an_unreachable_broker_and_stops_cleanly() {
+    let env = TestEnv::new(10).await;
+    let mut worker = env.spawn_worker(&[("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")]);
+    wait_for("a reconnect warning", || async {
+        worker
+            .logs()
+            .iter()
+            .filter(|l| l.contains("RabbitMQ session ended"))
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(matches!(worker.get("/healthz").await, Some((200, _))));
+    assert!(!worker.is_ready().await);
+    worker.sigterm();
+    let status = worker.wait_exit().await;
+    assert!(status.success(), "{status:?}");
+    assert!(!worker.logs().iter().any(|l| l.contains("panicked")));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_keeps_trying_an_unreachable_database_and_stops_cleanly() {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["run", "--metrics-addr", "127.0.0.1:0"])
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere")
+        .env("LOG_FORMAT", "json");
+    let mut worker = Worker::spawn_command(cmd);
+    wait_for("a retry warning", || async {
+        worker
+            .logs()
+            .iter()
+            .filter(|l| l.contains("PostgreSQL not ready"))
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(matches!(worker.get("/healthz").await, Some((200, _))));
+    assert!(!worker.is_ready().await);
+    worker.sigterm();
+    assert!(worker.wait_exit().await.success());
+}

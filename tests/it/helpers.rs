@@ -272,6 +272,18 @@ impl TestEnv {
         self.db.execute_unprepared(sql).await.unwrap();
     }
 
+    /// Runs a statement from the server's `postgres` database (for what cannot be done from
+    /// inside the test database, such as closing it to connections).
+    pub async fn execute_as_admin(&self, sql: &str) {
+        let admin = DbTarget::parse(&format!("{PG_SERVER}/postgres"))
+            .unwrap()
+            .connect(1)
+            .await
+            .unwrap();
+        admin.execute_unprepared(sql).await.unwrap();
+        let _ = admin.close().await;
+    }
+
     pub async fn tenant_count(&self) -> i64 {
         self.scalar("SELECT count(*) FROM tenants").await
     }
@@ -377,6 +389,11 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Spawns a prepared `run` command (see [`TestEnv::spawn_worker`] for the usual way).
+    pub fn spawn_command(cmd: Command) -> Self {
+        Self::spawn(cmd)
+    }
+
     fn spawn(mut cmd: Command) -> Self {
         let mut child = cmd
             .stdout(Stdio::null())

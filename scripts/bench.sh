@@ -56,24 +56,11 @@ fi
 
 # ---- workers --------------------------------------------------------------------------------
 
-PIDS=()
+# shellcheck source=scripts/lib-workers.sh
+source scripts/lib-workers.sh
 stop_workers() {
     ((${#PIDS[@]} > 0)) || return 0
-    local i pid rc deadline
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    deadline=$((SECONDS + 30))
-    for i in "${!PIDS[@]}"; do
-        pid=${PIDS[$i]}
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-        if kill -0 "$pid" 2>/dev/null; then
-            note "worker $((i + 1)) (pid $pid) still running after 30 s: SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        rc=0
-        wait "$pid" 2>/dev/null || rc=$?
-        note "worker $((i + 1)) (pid $pid) stopped, exit code $rc"
-    done
-    PIDS=()
+    stop_worker_processes
 }
 trap stop_workers EXIT
 trap 'echo; echo interrupted >&2; exit 130' INT TERM

@@ -54,31 +54,14 @@ die() {
 
 # ---- workers and cleanup --------------------------------------------------------------------
 
-PIDS=()
+# shellcheck source=scripts/lib-workers.sh
+source scripts/lib-workers.sh
 KEEPING=0
 
 stop_workers() {
     ((${#PIDS[@]} > 0)) || return 0
     section "Stopping the workers (SIGTERM)"
-    local i pid rc deadline
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    deadline=$((SECONDS + 30))
-    for i in "${!PIDS[@]}"; do
-        pid=${PIDS[$i]}
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-        if kill -0 "$pid" 2>/dev/null; then
-            note "worker $((i + 1)) (pid $pid) still running after 30 s: sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        rc=0
-        wait "$pid" 2>/dev/null || rc=$?
-        if ((rc == 0)); then
-            note "worker $((i + 1)) (pid $pid) exited with code 0 (clean shutdown)"
-        else
-            note "worker $((i + 1)) (pid $pid) exited with code $rc; see $LOG_DIR/worker-$((i + 1)).log"
-        fi
-    done
-    PIDS=()
+    stop_worker_processes
 }
 
 on_interrupt() {

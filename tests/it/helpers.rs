@@ -65,13 +65,17 @@ impl TestEnv {
     /// A fresh database migrated by the binary itself with this founding capacity, and a
     /// declared topology with an outcome capture queue.
     pub async fn new(capacity: i32) -> Self {
+        Self::with_queue_type(capacity, QueueType::Quorum).await
+    }
+
+    pub async fn with_queue_type(capacity: i32, queue_type: QueueType) -> Self {
         let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
         let db_name = format!("signup_test_{id}");
         let db_url = format!("{PG_SERVER}/{db_name}");
         let topology = Topology {
             exchange: format!("test.{id}.events"),
             queue: format!("test.{id}.signups"),
-            queue_type: QueueType::Quorum,
+            queue_type,
         };
         let out = Command::new(BIN)
             .args(["migrate", "--founding-capacity", &capacity.to_string()])
@@ -132,6 +136,13 @@ impl TestEnv {
             .env("AMQP_URL", AMQP_URL)
             .env("SIGNUP_EXCHANGE", &self.topology.exchange)
             .env("SIGNUP_QUEUE", &self.topology.queue)
+            .env(
+                "SIGNUP_QUEUE_TYPE",
+                match self.topology.queue_type {
+                    QueueType::Quorum => "quorum",
+                    QueueType::Classic => "classic",
+                },
+            )
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info");
         cmd

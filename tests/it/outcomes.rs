@@ -13,10 +13,11 @@ async fn status_set_capacity_and_dlq_replay() {
     ])
     .await;
     env.publish_raw(b"not json", "broken-1").await;
+    env.publish_raw(b"not json either", "broken-2").await;
     let worker = env.spawn_worker(&[]);
-    env.wait_outcomes(4).await;
-    wait_for("a dead letter", || async {
-        env.queue_messages(&env.topology.dead_letter_queue()).await == 1
+    env.wait_outcomes(5).await;
+    wait_for("two dead letters", || async {
+        env.queue_messages(&env.topology.dead_letter_queue()).await == 2
     })
     .await;
 
@@ -31,7 +32,7 @@ async fn status_set_capacity_and_dlq_replay() {
         status["founding"],
         serde_json::json!({"capacity": 2, "position": 2, "assigned": 2, "burned": 0, "remaining": 0})
     );
-    assert_eq!(status["queues"]["dlq"]["messages"], 1);
+    assert_eq!(status["queues"]["dlq"]["messages"], 2);
     assert_eq!(status["queues"]["main"]["consumers"], 1);
     let human = env.command().arg("status").output().unwrap();
     assert!(String::from_utf8_lossy(&human.stdout).contains("remaining"));
@@ -68,23 +69,36 @@ async fn status_set_capacity_and_dlq_replay() {
     })
     .await;
 
-    // Replay: the worker sees the message again and dead-letters it again.
-    let out = env.command().args(["dlq", "replay"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("replayed 1 "), "{said}");
-    wait_for("the replayed message back in the DLQ", || async {
-        worker
-            .metric("signup_events_total{outcome=\"invalid\"}")
+    // Replay: the worker sees the messages again and dead-letters them again. `--limit`
+    // takes only that many; without it, all that were there when the replay started.
+    let replay = |args: &'static [&'static str], expect: &'static str| {
+        let out = env.command().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(said.contains(expect), "{said}");
+    };
+    let settled = |invalid: f64| {
+        let worker = &worker;
+        let env = &env;
+        async move {
+            wait_for("the replayed messages back in the DLQ", || async {
+                worker
+                    .metric("signup_events_total{outcome=\"invalid\"}")
+                    .await
+                    == invalid
+                    && env.queue_messages(&env.topology.dead_letter_queue()).await == 2
+            })
             .await
-            == 2.0
-            && env.queue_messages(&env.topology.dead_letter_queue()).await == 1
-    })
-    .await;
+        }
+    };
+    replay(&["dlq", "replay", "--limit", "1"], "replayed 1 ");
+    settled(3.0).await;
+    replay(&["dlq", "replay"], "replayed 2 ");
+    settled(5.0).await;
     env.assert_no_number_burned().await;
     drop(worker);
     env.cleanup().await;
@@ -143,5 +157,37 @@ async fn the_publisher_mix_lands_exactly_once() {
     env.assert_numbering_invariants().await;
     env.assert_no_number_burned().await;
     drop(workers);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_queues_work_the_same() {
+    let env = TestEnv::with_queue_type(10, signup_worker::amqp::QueueType::Classic).await;
+    let a = event("classic-a", false);
+    env.publish_many(&[a.clone(), a.clone(), event("classic-a", false)])
+        .await;
+    env.publish_raw(b"[]", "classic-bad").await;
+    let worker = env.spawn_worker(&[]);
+    let outcomes = env.wait_outcomes(4).await;
+    assert_eq!(env.tenant_count().await, 1);
+    let kinds: Vec<_> = outcomes
+        .iter()
+        .map(|o| o.reason.clone().unwrap_or_else(|| o.kind.clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "tenant.signup.completed",
+            "tenant.signup.completed",
+            "slug_taken",
+            "invalid"
+        ]
+    );
+    wait_for("the dead letter", || async {
+        env.queue_messages(&env.topology.dead_letter_queue()).await == 1
+    })
+    .await;
+    env.assert_no_number_burned().await;
+    drop(worker);
     env.cleanup().await;
 }

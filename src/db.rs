@@ -115,7 +115,7 @@ impl DbTarget {
                 // Another replica created it between our check and our CREATE.
                 Err(e)
                     if matches!(
-                        crate::store::sqlstate(&e).as_deref(),
+                        crate::error::sqlstate(&e).as_deref(),
                         Some("42P04" | "23505")
                     ) => {}
                 Err(e) => {

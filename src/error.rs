@@ -99,6 +99,18 @@ pub fn classify_sqlstate(code: Option<&str>, constraint: Option<&str>) -> DbFail
     }
 }
 
+/// The SQLSTATE of a database error, if it is one.
+pub fn sqlstate(err: &DbErr) -> Option<String> {
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Database(e)))
+        | DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(e)))
+        | DbErr::Conn(RuntimeErr::SqlxError(sqlx::Error::Database(e))) => {
+            e.code().map(|c| c.into_owned())
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@
 //!
 //! A duplicate therefore costs one lookup, never a number, and never fails its batch-mates.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, Statement,
@@ -71,20 +71,20 @@ pub fn plan(requests: &[&SignupRequest], existing: &[StoredTenant]) -> Vec<Step>
         Batch(usize),
     }
     let mut by_event: HashMap<Uuid, Owner> = HashMap::new();
-    let mut slugs: HashMap<&str, ()> = HashMap::new();
+    let mut slugs: HashSet<&str> = HashSet::new();
     for (i, t) in existing.iter().enumerate() {
         by_event.insert(t.event_id, Owner::Stored(i));
-        slugs.insert(t.slug.as_str(), ());
+        slugs.insert(t.slug.as_str());
     }
     let mut steps = Vec::with_capacity(requests.len());
     for (j, req) in requests.iter().enumerate() {
         let step = match by_event.get(&req.event_id) {
             Some(Owner::Stored(i)) => Step::DuplicateOfStored(*i),
             Some(Owner::Batch(k)) => Step::DuplicateOfBatch(*k),
-            None if slugs.contains_key(req.slug.as_str()) => Step::SlugTaken,
+            None if slugs.contains(req.slug.as_str()) => Step::SlugTaken,
             None => {
                 by_event.insert(req.event_id, Owner::Batch(j));
-                slugs.insert(req.slug.as_str(), ());
+                slugs.insert(req.slug.as_str());
                 Step::Insert
             }
         };
@@ -291,7 +291,7 @@ pub async fn set_capacity(
     // is safe.
     let alter = format!("ALTER SEQUENCE founding_member_number_seq MAXVALUE {capacity}");
     if let Err(e) = txn.execute_unprepared(&alter).await {
-        if sqlstate(&e).as_deref() == Some("22023") {
+        if crate::error::sqlstate(&e).as_deref() == Some("22023") {
             let now = founding_stats(db).await?;
             return Err(CapacityError::BelowPosition {
                 requested: capacity,
@@ -303,19 +303,6 @@ pub async fn set_capacity(
     let after = founding_stats(&txn).await?;
     txn.commit().await?;
     Ok(after)
-}
-
-/// The SQLSTATE of a database error, if it is one.
-pub fn sqlstate(err: &DbErr) -> Option<String> {
-    use sea_orm::{sqlx, RuntimeErr};
-    match err {
-        DbErr::Exec(RuntimeErr::SqlxError(sqlx::Error::Database(e)))
-        | DbErr::Query(RuntimeErr::SqlxError(sqlx::Error::Database(e)))
-        | DbErr::Conn(RuntimeErr::SqlxError(sqlx::Error::Database(e))) => {
-            e.code().map(|c| c.into_owned())
-        }
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Migrations up, down, up; concurrent `migrate` runs; capacity from the flag.
 
+use entity::tenants;
 use migration::{Migrator, MigratorTrait};
-use sea_orm::ConnectionTrait;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 use crate::helpers::*;
 
@@ -33,6 +34,18 @@ async fn migrations_go_up_down_and_up_again() {
         env.scalar("SELECT founding_member_number::bigint FROM tenants WHERE slug = 'after-up'")
             .await,
         1
+    );
+    // The entity crate decodes the migrated table: every column, every type.
+    let row = tenants::Entity::find()
+        .filter(tenants::Column::Slug.eq("after-up"))
+        .one(&env.db)
+        .await
+        .unwrap()
+        .expect("the row through the entity");
+    assert_eq!(row.founding_member_number, Some(1));
+    assert_eq!(
+        (row.tier.as_str(), row.is_demo, row.occurred_at),
+        ("starter", false, None)
     );
     // The trigger overrides any number the application sends, and demo tenants get none.
     env.execute("INSERT INTO tenants (event_id, slug, business_name, owner_email, tier, is_demo, founding_member_number) VALUES (gen_random_uuid(), 'demo-x', 'D', 'a@b.c', 'starter', true, 42)").await;

@@ -37,13 +37,24 @@ echo "ok"
 section "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --release -- -D warnings
 
+section "cargo build --release (the binary the deployment checks run)"
+cargo build --release
+
+section "deployment files (compose, Kubernetes, Dockerfile)"
+deploy/tests/check-manifests.sh
+
+section "observability (promtool, dashboard, a real Prometheus scraping a real worker)"
+deploy/tests/check-observability.sh
+
 section "cargo test (unit and integration, release)"
 # Doc tests are left out: the crates have none, and a trailing "0 passed" would hide the count.
 log=$(mktemp)
 cargo test --workspace --release --lib --bins --tests "$@" 2>&1 | tee "$log"
 # One closing line with the totals over every test binary.
-awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
+totals=$(awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed", p, f }' "$log")
 rm -f "$log"
 
 STEP=
 printf '\n==== all checks passed in %ds ====\n' "$((SECONDS - START))"
+# The closing line: totals over every cargo test binary.
+echo "$totals"

@@ -88,6 +88,10 @@ pub fn classify_sqlstate(code: Option<&str>, constraint: Option<&str>) -> DbFail
         // the database or the role is not there (yet): an operator fixes it, we wait.
         c if c.starts_with("08") || c.starts_with("28") => DbFailure::Unavailable,
         "57P01" | "57P02" | "57P03" | "53300" | "3D000" => DbFailure::Unavailable,
+        // 42P01 / 42883: our table or lock function is missing, i.e. the schema is not
+        // migrated yet (a `run --no-migrate` replica that started before the migration Job).
+        // Wait for it; dead-lettering the events would be wrong.
+        "42P01" | "42883" => DbFailure::Unavailable,
         "23505" => DbFailure::Transient {
             reason: RetryReason::Other,
             // The other unique constraints (event id, slug) cannot fire: the signup locks let
@@ -130,7 +134,8 @@ mod tests {
             t(RetryReason::Deadlock)
         );
         for code in [
-            "57P01", "57P02", "57P03", "08006", "08001", "53300", "3D000", "28P01",
+            "57P01", "57P02", "57P03", "08006", "08001", "53300", "3D000", "28P01", "42P01",
+            "42883",
         ] {
             assert_eq!(
                 classify_sqlstate(Some(code), None),

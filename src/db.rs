@@ -22,10 +22,12 @@ const MIGRATION_LOCK_KEY: i64 = 0x7369_676e_7570_6d67;
 pub enum DbSetupError {
     #[error("invalid DATABASE_URL: {0}")]
     BadUrl(String),
-    #[error("cannot reach PostgreSQL at {server}: {source}")]
-    Unreachable { server: String, source: DbErr },
-    #[error("migration failed on {server}: {source}")]
-    Migration { server: String, source: DbErr },
+    // `cause`, not `source`: the message already carries it, and a `source` would make the
+    // one-line error report print the same cause again.
+    #[error("cannot reach PostgreSQL at {server}: {cause}")]
+    Unreachable { server: String, cause: DbErr },
+    #[error("migration failed on {server}: {cause}")]
+    Migration { server: String, cause: DbErr },
 }
 
 /// Parsed connection settings, with a printable name of the server that never shows the
@@ -62,10 +64,10 @@ impl DbTarget {
         self.options.get_database().unwrap_or("postgres")
     }
 
-    fn unreachable(&self, source: DbErr) -> DbSetupError {
+    fn unreachable(&self, cause: DbErr) -> DbSetupError {
         DbSetupError::Unreachable {
             server: self.server.clone(),
-            source,
+            cause,
         }
     }
 
@@ -81,6 +83,19 @@ impl DbTarget {
         options: PgConnectOptions,
         max_connections: u32,
     ) -> Result<DatabaseConnection, DbSetupError> {
+        // One plain connection first: the pool retries a refused connection until its
+        // acquire timeout and then reports only "pool timed out"; this reports the real cause
+        // (refused, unknown database, authentication) at once.
+        let probe = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
+            .await
+            .map_err(|_| {
+                self.unreachable(DbErr::Custom(format!(
+                    "no answer within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                )))
+            })?
+            .map_err(|e| self.unreachable(DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))))?;
+        let _ = sea_orm::sqlx::Connection::close(probe).await;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(CONNECT_TIMEOUT)
@@ -121,7 +136,7 @@ impl DbTarget {
                 Err(e) => {
                     return Err(DbSetupError::Migration {
                         server: self.server.clone(),
-                        source: e,
+                        cause: e,
                     })
                 }
             }
@@ -136,9 +151,9 @@ impl DbTarget {
     pub async fn migrate(&self, founding_capacity: i32) -> Result<(), DbSetupError> {
         self.ensure_database().await?;
         let db = self.connect(1).await?;
-        let fail = |source| DbSetupError::Migration {
+        let fail = |cause| DbSetupError::Migration {
             server: self.server.clone(),
-            source,
+            cause,
         };
         let run = async {
             let txn = db.begin().await?;

@@ -301,17 +301,11 @@ async fn a_database_outage_pauses_the_worker_and_loses_nothing() {
     env.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_keeps_trying_an_unreachable_broker_and_stops_cleanly() {
-    let env = TestEnv::new(10).await;
-    let mut worker = env.spawn_worker(&[("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")]);
-    wait_for("a reconnect warning", || async {
-        worker
-            .logs()
-            .iter()
-            .filter(|l| l.contains("RabbitMQ session ended"))
-            .count()
-            >= 2
+/// A worker that cannot reach a server: it warns on every attempt, stays alive but not
+/// ready, and still stops cleanly on SIGTERM.
+async fn assert_keeps_trying_then_stops(mut worker: Worker, warning: &str) {
+    wait_for("two retry warnings", || async {
+        worker.logs().iter().filter(|l| l.contains(warning)).count() >= 2
     })
     .await;
     assert!(matches!(worker.get("/healthz").await, Some((200, _))));
@@ -320,6 +314,13 @@ async fn run_keeps_trying_an_unreachable_broker_and_stops_cleanly() {
     let status = worker.wait_exit().await;
     assert!(status.success(), "{status:?}");
     assert!(!worker.logs().iter().any(|l| l.contains("panicked")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_keeps_trying_an_unreachable_broker_and_stops_cleanly() {
+    let env = TestEnv::new(10).await;
+    let worker = env.spawn_worker(&[("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")]);
+    assert_keeps_trying_then_stops(worker, "RabbitMQ session ended").await;
     env.cleanup().await;
 }
 
@@ -329,18 +330,5 @@ async fn run_keeps_trying_an_unreachable_database_and_stops_cleanly() {
     cmd.args(["run", "--metrics-addr", "127.0.0.1:0"])
         .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere")
         .env("LOG_FORMAT", "json");
-    let mut worker = Worker::spawn_command(cmd);
-    wait_for("a retry warning", || async {
-        worker
-            .logs()
-            .iter()
-            .filter(|l| l.contains("PostgreSQL not ready"))
-            .count()
-            >= 2
-    })
-    .await;
-    assert!(matches!(worker.get("/healthz").await, Some((200, _))));
-    assert!(!worker.is_ready().await);
-    worker.sigterm();
-    assert!(worker.wait_exit().await.success());
+    assert_keeps_trying_then_stops(Worker::spawn_command(cmd), "PostgreSQL not ready").await;
 }

@@ -79,17 +79,9 @@ impl Topology {
             )
             .await?;
 
-        let mut main = self.queue_args();
         // Only a message past the quorum delivery limit takes this path; everything we
         // dead-letter ourselves is published to the DLQ with its reason header.
-        main.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        main.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(self.dead_letter_queue().into()),
-        );
+        let mut main = self.dead_lettering_to(&self.dead_letter_queue());
         if self.queue_type == QueueType::Quorum {
             main.insert(
                 "x-delivery-limit".into(),
@@ -109,20 +101,26 @@ impl Topology {
 
         // Messages wait here for their per-message expiration (the retry backoff), then are
         // dead-lettered straight back onto the main queue through the default exchange.
-        let mut retry = self.queue_args();
-        retry.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        retry.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(self.queue.as_str().into()),
-        );
+        let retry = self.dead_lettering_to(&self.queue);
         self.declare_queue(channel, &self.retry_queue(), retry)
             .await?;
         self.declare_queue(channel, &self.dead_letter_queue(), self.queue_args())
             .await?;
         Ok(())
+    }
+
+    /// Queue arguments that dead-letter through the default exchange straight into `queue`.
+    fn dead_lettering_to(&self, queue: &str) -> FieldTable {
+        let mut args = self.queue_args();
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(queue.into()),
+        );
+        args
     }
 
     fn queue_args(&self) -> FieldTable {

@@ -148,6 +148,17 @@ impl TestEnv {
         cmd
     }
 
+    /// Runs a one-shot subcommand, requires it to succeed, and returns its stdout.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.command().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn spawn_worker(&self, extra: &[(&str, &str)]) -> Worker {
         let mut cmd = self.command();
         cmd.args(["run", "--metrics-addr", "127.0.0.1:0"]);

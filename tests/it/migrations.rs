@@ -89,12 +89,7 @@ async fn concurrent_migrate_runs_are_safe_and_idempotent() {
     assert_eq!(env.scalar("SELECT count(*) FROM seaql_migrations").await, 3);
     assert_eq!(env.founding().await.capacity, 9);
     // A later run with another capacity does not change it: it applies only at creation.
-    let out = env
-        .command()
-        .args(["migrate", "--founding-capacity", "50"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    env.run_ok(&["migrate", "--founding-capacity", "50"]);
     assert_eq!(env.founding().await.capacity, 9);
     env.cleanup().await;
 }

@@ -21,21 +21,15 @@ async fn status_set_capacity_and_dlq_replay() {
     })
     .await;
 
-    let out = env.command().args(["status", "--json"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&env.run_ok(&["status", "--json"])).unwrap();
     assert_eq!(
         status["founding"],
         serde_json::json!({"capacity": 2, "position": 2, "assigned": 2, "burned": 0, "remaining": 0})
     );
     assert_eq!(status["queues"]["dlq"]["messages"], 2);
     assert_eq!(status["queues"]["main"]["consumers"], 1);
-    let human = env.command().arg("status").output().unwrap();
-    assert!(String::from_utf8_lossy(&human.stdout).contains("remaining"));
+    assert!(env.run_ok(&["status"]).contains("remaining"));
 
     // Below the position: refused, nothing changes.
     let out = env
@@ -47,16 +41,7 @@ async fn status_set_capacity_and_dlq_replay() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("below the sequence position 2"));
     assert_eq!(env.founding().await.capacity, 2);
     // Raising it reopens the programme for the next signup.
-    let out = env
-        .command()
-        .args(["founding", "set-capacity", "10"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_ok(&["founding", "set-capacity", "10"]);
     assert_eq!(env.founding().await.capacity, 10);
     env.publish_raw(&event("cap-d", false).0, &uuid::Uuid::new_v4().to_string())
         .await;
@@ -72,13 +57,7 @@ async fn status_set_capacity_and_dlq_replay() {
     // Replay: the worker sees the messages again and dead-letters them again. `--limit`
     // takes only that many; without it, all that were there when the replay started.
     let replay = |args: &'static [&'static str], expect: &'static str| {
-        let out = env.command().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        let said = env.run_ok(args);
         assert!(said.contains(expect), "{said}");
     };
     let settled = |invalid: f64| {
@@ -108,30 +87,20 @@ async fn status_set_capacity_and_dlq_replay() {
 async fn the_publisher_mix_lands_exactly_once() {
     let env = TestEnv::new(100).await;
     // Published before any worker: the publisher declares the topology itself.
-    let out = env
-        .command()
-        .args([
-            "publish",
-            "--count",
-            "400",
-            "--duplicates",
-            "0.1",
-            "--slug-collisions",
-            "0.1",
-            "--invalid",
-            "0.05",
-            "--demo",
-            "0.2",
-            "--no-progress",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    let summary = env.run_ok(&[
+        "publish",
+        "--count",
+        "400",
+        "--duplicates",
+        "0.1",
+        "--slug-collisions",
+        "0.1",
+        "--invalid",
+        "0.05",
+        "--demo",
+        "0.2",
+        "--no-progress",
+    ]);
     let count = |label: &str| -> i64 {
         let words: Vec<_> = summary.split([',', ':', '(', ')']).collect();
         words

@@ -4,14 +4,28 @@ use anyhow::Context as _;
 
 use crate::cli::{Cli, Command, DlqCommand, FoundingCommand};
 use crate::worker::{self, WorkerSettings};
-use crate::{admin, db::DbTarget, metrics, publish};
+use crate::{admin, db::DbTarget, metrics, publish, secrets};
 
 pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     let global = cli.global;
     let topology = global.topology();
+    // Both URLs are checked before any I/O, so a mistyped one is one clear line (password
+    // masked) and never a connection attempt, a retry loop or a database named after it.
+    let (uses_db, uses_amqp) = match &cli.command {
+        Command::Migrate(_) | Command::Founding { .. } => (true, false),
+        Command::Run(_) | Command::Status(_) => (true, true),
+        Command::Publish(_) | Command::Dlq { .. } => (false, true),
+    };
+    if uses_db {
+        secrets::check_database_url(global.database_url.expose())?;
+    }
+    if uses_amqp {
+        secrets::check_amqp_url(global.amqp_url.expose())?;
+    }
+    let (database_url, amqp_url) = (global.database_url.expose(), global.amqp_url.expose());
     match cli.command {
         Command::Migrate(args) => {
-            DbTarget::parse(&global.database_url)?
+            DbTarget::parse(database_url)?
                 .migrate(args.capacity.founding_capacity)
                 .await?;
             println!("migrations applied");
@@ -19,8 +33,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => {
             let handle = metrics::install().context("installing the metrics recorder")?;
             let settings = WorkerSettings {
-                database_url: global.database_url,
-                amqp_url: global.amqp_url,
+                database_url: global.database_url.clone(),
+                amqp_url: global.amqp_url.clone(),
                 topology,
                 max_deliveries: args.max_deliveries,
                 prefetch: args.prefetch,
@@ -32,11 +46,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             worker::run(settings, handle, shutdown_signal()).await?;
         }
         Command::Publish(args) => {
-            let report = publish::publish(&global.amqp_url, &topology, &args).await?;
+            let report = publish::publish(amqp_url, &topology, &args).await?;
             println!("{}", report.summary());
         }
         Command::Status(args) => {
-            let report = admin::status(&global.database_url, &global.amqp_url, &topology).await?;
+            let report = admin::status(database_url, amqp_url, &topology).await?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -46,7 +60,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Founding {
             command: FoundingCommand::SetCapacity { capacity },
         } => {
-            let stats = admin::set_capacity(&global.database_url, capacity).await?;
+            let stats = admin::set_capacity(database_url, capacity).await?;
             println!(
                 "founding capacity is now {} (position {}, remaining {})",
                 stats.capacity,
@@ -57,7 +71,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq {
             command: DlqCommand::Replay { limit },
         } => {
-            let moved = admin::dlq_replay(&global.amqp_url, &topology, limit).await?;
+            let moved = admin::dlq_replay(amqp_url, &topology, limit).await?;
             println!(
                 "replayed {moved} dead-lettered messages onto {}",
                 topology.queue

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::amqp::{QueueType, Topology};
+use crate::secrets::SecretUrl;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/signup_worker";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -28,12 +29,12 @@ pub struct Cli {
 /// Settings shared by every subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// PostgreSQL URL
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true, hide_env_values = true)]
-    pub database_url: String,
+    /// PostgreSQL URL (libpq's sslmode, sslrootcert, sslcert, sslkey select TLS)
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true, hide_env_values = true, hide_default_value = true)]
+    pub database_url: SecretUrl,
     /// RabbitMQ URL
-    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, global = true, hide_env_values = true)]
-    pub amqp_url: String,
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, global = true, hide_env_values = true, hide_default_value = true)]
+    pub amqp_url: SecretUrl,
     /// Durable topic exchange that publishers send to and outcomes go to
     #[arg(
         long,

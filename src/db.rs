@@ -20,8 +20,10 @@ const MIGRATION_LOCK_KEY: i64 = 0x7369_676e_7570_6d67;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbSetupError {
-    #[error("invalid DATABASE_URL: {0}")]
-    BadUrl(String),
+    #[error(transparent)]
+    Url(#[from] crate::secrets::UrlError),
+    #[error("invalid DATABASE_URL {url}: {problem}")]
+    BadUrl { url: String, problem: String },
     // `cause`, not `source`: the message already carries it, and a `source` would make the
     // one-line error report print the same cause again.
     #[error("cannot reach PostgreSQL at {server}: {cause}")]
@@ -40,9 +42,13 @@ pub struct DbTarget {
 
 impl DbTarget {
     pub fn parse(url: &str) -> Result<Self, DbSetupError> {
-        let options: PgConnectOptions = url
-            .parse()
-            .map_err(|e: sea_orm::sqlx::Error| DbSetupError::BadUrl(e.to_string()))?;
+        crate::secrets::check_database_url(url)?;
+        let options: PgConnectOptions =
+            url.parse()
+                .map_err(|e: sea_orm::sqlx::Error| DbSetupError::BadUrl {
+                    url: crate::secrets::mask(url),
+                    problem: e.to_string(),
+                })?;
         // Statements are traced by our own spans; sqlx's per-statement log would flood.
         // Custom plans: a generic plan cached while `tenants` was small keeps seq-scanning it
         // as it grows (nothing invalidates the plan until the next ANALYZE), which made each

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -74,20 +74,23 @@ impl fmt::Display for Slug {
     }
 }
 
-/// A business name: 1 to 200 characters, not blank once trimmed. Stored trimmed.
+/// A business name: stored trimmed, and the trimmed value must be 1 to 200 characters (Unicode
+/// scalar values, as PostgreSQL's `char_length` counts them) without control characters. The
+/// length is counted after trimming because the trimmed value is what is stored: "Acme" padded
+/// with spaces to 250 characters is the same business as "Acme".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusinessName(String);
 
 impl BusinessName {
     pub fn parse(s: &str) -> Result<Self, &'static str> {
-        let chars = s.chars().count();
-        if !(1..=200).contains(&chars) {
-            return Err("must be 1 to 200 characters");
-        }
         let trimmed = s.trim();
         if trimmed.is_empty() {
             return Err("must not be blank");
         }
+        if trimmed.chars().count() > 200 {
+            return Err("must be 1 to 200 characters once trimmed");
+        }
+        // Control characters include U+0000, which PostgreSQL's `text` cannot hold at all.
         if trimmed.chars().any(char::is_control) {
             return Err("must not hold control characters");
         }
@@ -100,16 +103,22 @@ impl BusinessName {
 }
 
 /// An owner e-mail address, checked for plausibility only: one `@`, both parts non-empty,
-/// no white space, at most 320 characters (the SMTP limit).
+/// no white space or control characters, at most 320 characters (the SMTP limit, counted in
+/// characters like every length of contract section 3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnerEmail(String);
 
 impl OwnerEmail {
     pub fn parse(s: &str) -> Result<Self, &'static str> {
-        if s.len() > 320 {
+        if s.chars().count() > 320 {
             return Err("must be at most 320 characters");
         }
-        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        // Control characters first: U+0000 would otherwise be reported as white space, and
+        // PostgreSQL's `text` cannot hold it.
+        if s.chars().any(char::is_control) {
+            return Err("must not hold control characters");
+        }
+        if s.chars().any(char::is_whitespace) {
             return Err("must not hold white space");
         }
         match s.split_once('@') {
@@ -124,6 +133,29 @@ impl OwnerEmail {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// When the upstream says the signup happened: an RFC 3339 date-time whose UTC instant lies in
+/// the years 0001 to 9999 (contract section 3). The range is what makes it storable: chrono
+/// parses year 0000 and offsets that carry 9999-12-31 into year 10000, which PostgreSQL's
+/// input routines refuse; inside the range every value is a valid `timestamptz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OccurredAt(DateTime<Utc>);
+
+impl OccurredAt {
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        let t = DateTime::parse_from_rfc3339(s)
+            .map_err(|_| "must be an RFC 3339 date-time")?
+            .with_timezone(&Utc);
+        if !(1..=9999).contains(&t.year()) {
+            return Err("must lie in the years 0001 to 9999 (UTC)");
+        }
+        Ok(Self(t))
+    }
+
+    pub fn instant(self) -> DateTime<Utc> {
+        self.0
     }
 }
 
@@ -158,9 +190,8 @@ impl Tier {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignupRequest {
     pub event_id: Uuid,
-    /// When the upstream says the signup happened. Not part of the validity rules of the
-    /// contract, so a missing or unreadable value is kept as `None` rather than rejected.
-    pub occurred_at: Option<DateTime<Utc>>,
+    /// When the upstream says the signup happened; `None` when missing or null (unknown).
+    pub occurred_at: Option<OccurredAt>,
     pub slug: Slug,
     pub business_name: BusinessName,
     pub owner_email: OwnerEmail,
@@ -189,11 +220,13 @@ impl SignupRequest {
             Some(v) if v.as_i64() == Some(1) => {}
             Some(_) => return Err(InvalidEvent::bad("version", "must be the integer 1")),
         }
-        let occurred_at = root
-            .get("occurred_at")
-            .and_then(Value::as_str)
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| t.with_timezone(&Utc));
+        let occurred_at = match root.get("occurred_at") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => {
+                Some(OccurredAt::parse(s).map_err(|p| InvalidEvent::bad("occurred_at", p))?)
+            }
+            Some(_) => return Err(InvalidEvent::bad("occurred_at", "must be a string")),
+        };
 
         let tenant = match root.get("tenant") {
             None | Some(Value::Null) => return Err(InvalidEvent::MissingField("tenant")),
@@ -328,15 +361,82 @@ mod tests {
     }
 
     #[test]
-    fn occurred_at_is_optional() {
-        assert!(parse(&with(&["occurred_at"], None))
-            .unwrap()
-            .occurred_at
-            .is_none());
-        assert!(parse(&with(&["occurred_at"], Some(json!("yesterday"))))
-            .unwrap()
-            .occurred_at
-            .is_none());
+    fn occurred_at_is_optional_but_checked_when_present() {
+        for absent in [None, Some(Value::Null)] {
+            assert!(parse(&with(&["occurred_at"], absent))
+                .unwrap()
+                .occurred_at
+                .is_none());
+        }
+        for ok in [
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "2026-11-22T12:00:00+05:30",
+            "2016-12-31T23:59:60Z",
+        ] {
+            assert!(
+                parse(&with(&["occurred_at"], Some(json!(ok)))).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            json!("yesterday"),
+            json!("2026-13-01T00:00:00Z"),
+            json!("2026-11-22"),
+            json!("0000-01-01T00:00:00Z"),
+            json!("0001-01-01T00:00:00+00:01"),
+            json!("9999-12-31T23:59:59-23:59"),
+            json!(1_700_000_000),
+            json!({"at": "2026-11-22T12:00:00Z"}),
+        ] {
+            let got = parse(&with(&["occurred_at"], Some(bad.clone())));
+            assert!(
+                matches!(
+                    got,
+                    Err(InvalidEvent::BadField {
+                        field: "occurred_at",
+                        ..
+                    })
+                ),
+                "{bad}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lengths_are_counted_in_characters_after_the_rules_of_section_3() {
+        let padded = format!("{}{}", "x".repeat(190), " ".repeat(20));
+        let r = parse(&with(&["tenant", "business_name"], Some(json!(padded)))).unwrap();
+        assert_eq!(r.business_name.as_str().chars().count(), 190);
+        assert!(parse(&with(
+            &["tenant", "business_name"],
+            Some(json!(format!("  {}  ", "y".repeat(201))))
+        ))
+        .is_err());
+        // 320 characters, 638 bytes.
+        let email = format!("{}@{}", "é".repeat(300), "d".repeat(19));
+        assert_eq!(email.chars().count(), 320);
+        assert!(parse(&with(&["tenant", "owner_email"], Some(json!(email)))).is_ok());
+        let email = format!("{}@{}", "é".repeat(301), "d".repeat(19));
+        assert!(parse(&with(&["tenant", "owner_email"], Some(json!(email)))).is_err());
+    }
+
+    #[test]
+    fn nul_and_control_characters_are_named_as_such() {
+        for field in ["owner_email", "business_name"] {
+            let got = parse(&with(&["tenant", field], Some(json!("a\u{0}b@c.example"))));
+            assert!(
+                matches!(
+                    got,
+                    Err(InvalidEvent::BadField {
+                        problem: "must not hold control characters",
+                        ..
+                    })
+                ),
+                "{field}: {got:?}"
+            );
+        }
     }
 
     #[test]

@@ -10,13 +10,21 @@ use crate::metrics::RetryReason;
 
 /// Name of the partial unique index on `founding_member_number` (migration 2).
 pub const FOUNDING_NUMBER_INDEX: &str = "tenants_founding_member_number_key";
+/// The unique constraints on the natural keys (migration 1). The signup locks keep both from
+/// firing; if one does (a row written by hand), a retry re-reads and resolves the event.
+const NATURAL_KEY_CONSTRAINTS: [&str; 2] = ["tenants_event_id_key", "tenants_slug_key"];
 
 /// What a failed storage attempt means for the events it carried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DbFailure {
-    /// PostgreSQL cannot be reached or is shutting down: pause and retry the same batch
-    /// until it is back. Never dead-letter for this.
+    /// PostgreSQL cannot be reached, is shutting down or out of resources: pause and retry
+    /// the same batch until it is back. Never dead-letter for this.
     Unavailable,
+    /// PostgreSQL answers but refuses the worker's own statements: a missing privilege, a
+    /// missing table or function, a read-only server. No event is at fault and none would
+    /// fare better on retry, so this is an outage too, one that an operator must fix: pause,
+    /// report it loudly, never dead-letter.
+    Misconfigured,
     /// The attempt failed for reasons tied to this transaction; retry with backoff, a bounded
     /// number of times per event, then dead-letter.
     Transient {
@@ -25,13 +33,43 @@ pub enum DbFailure {
         /// {kind="founding_number"}`, which must stay 0).
         founding_number_conflict: bool,
     },
+    /// PostgreSQL refuses an event's *content* (SQLSTATE class 22, or class 23 other than the
+    /// unique keys handled above). Validation should have caught it; retrying cannot help,
+    /// so the event is dead-lettered at once with this reason.
+    Content {
+        sqlstate: String,
+        constraint: Option<String>,
+    },
 }
 
 impl DbFailure {
-    pub fn retry_reason(self) -> RetryReason {
+    pub fn retry_reason(&self) -> RetryReason {
         match self {
-            Self::Unavailable => RetryReason::DatabaseUnavailable,
-            Self::Transient { reason, .. } => reason,
+            Self::Unavailable | Self::Misconfigured => RetryReason::DatabaseUnavailable,
+            Self::Transient { reason, .. } => *reason,
+            Self::Content { .. } => RetryReason::Other,
+        }
+    }
+
+    /// Pause and hold the batch (an outage), rather than judge its events.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Self::Unavailable | Self::Misconfigured)
+    }
+
+    /// The `x-signup-error` text of an event PostgreSQL refused. Only the code and the
+    /// constraint name: the server's message may quote the row, i.e. personal data.
+    pub fn content_reason(&self) -> Option<String> {
+        match self {
+            Self::Content {
+                sqlstate,
+                constraint,
+            } => Some(match constraint {
+                Some(c) => {
+                    format!("invalid: refused by PostgreSQL (SQLSTATE {sqlstate}, constraint {c})")
+                }
+                None => format!("invalid: refused by PostgreSQL (SQLSTATE {sqlstate})"),
+            }),
+            _ => None,
         }
     }
 }
@@ -39,10 +77,6 @@ impl DbFailure {
 /// Classifies a sea-orm error. Everything not recognised is a bounded transient failure:
 /// retried, then dead-lettered, but never dropped.
 pub fn classify_db(err: &DbErr) -> DbFailure {
-    let other = DbFailure::Transient {
-        reason: RetryReason::Other,
-        founding_number_conflict: false,
-    };
     match err {
         // Whatever the server said while we were getting a connection (wrong password,
         // "database does not allow connections", too many clients...), it is not the events'
@@ -51,7 +85,10 @@ pub fn classify_db(err: &DbErr) -> DbFailure {
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
             classify_sqlx(e)
         }
-        _ => other,
+        _ => DbFailure::Transient {
+            reason: RetryReason::Other,
+            founding_number_conflict: false,
+        },
     }
 }
 
@@ -77,28 +114,39 @@ pub fn classify_sqlstate(code: Option<&str>, constraint: Option<&str>) -> DbFail
         reason,
         founding_number_conflict: false,
     };
+    let content = |code: &str| DbFailure::Content {
+        sqlstate: code.to_owned(),
+        constraint: constraint.map(str::to_owned),
+    };
     let Some(code) = code else {
         return transient(RetryReason::Other);
     };
-    match code {
-        "40001" => transient(RetryReason::Serialization),
-        "40P01" => transient(RetryReason::Deadlock),
+    let class = code.get(..2).unwrap_or("");
+    match (class, code) {
+        (_, "40001") => transient(RetryReason::Serialization),
+        (_, "40P01") => transient(RetryReason::Deadlock),
         // 08: connection exceptions; 57P01..57P03: admin or crash shutdown, cannot connect
-        // now (pg_terminate_backend gives 57P01); 53300: too many connections; 3D000 and 28:
-        // the database or the role is not there (yet): an operator fixes it, we wait.
-        c if c.starts_with("08") || c.starts_with("28") => DbFailure::Unavailable,
-        "57P01" | "57P02" | "57P03" | "53300" | "3D000" => DbFailure::Unavailable,
-        // 42P01 / 42883: our table or lock function is missing, i.e. the schema is not
-        // migrated yet (a `run --no-migrate` replica that started before the migration Job).
-        // Wait for it; dead-lettering the events would be wrong.
-        "42P01" | "42883" => DbFailure::Unavailable,
-        "23505" => DbFailure::Transient {
+        // now (pg_terminate_backend gives 57P01); 53: insufficient resources (disk full, out
+        // of memory, too many connections); 3D000 and 28: the database or the role is not
+        // there (yet): an operator fixes it, we wait.
+        ("08" | "28" | "53", _) | (_, "57P01" | "57P02" | "57P03" | "3D000") => {
+            DbFailure::Unavailable
+        }
+        // 42: our static SQL meets a schema or privileges it does not expect: 42501 a revoked
+        // grant, 42P01 / 42883 a table or function not migrated yet (a `run --no-migrate`
+        // replica that started before the migration Job). 3F000: the schema is missing.
+        // 25006: a read-only server (a standby after a failover).
+        ("42", _) | (_, "3F000" | "25006") => DbFailure::Misconfigured,
+        (_, "23505") if constraint == Some(FOUNDING_NUMBER_INDEX) => DbFailure::Transient {
             reason: RetryReason::Other,
-            // The other unique constraints (event id, slug) cannot fire: the signup locks let
-            // only new keys reach INSERT. If one does (a row written by hand, say), the retry
-            // sees the committed row and resolves the event as a duplicate or a conflict.
-            founding_number_conflict: constraint == Some(FOUNDING_NUMBER_INDEX),
+            founding_number_conflict: true,
         },
+        (_, "23505") if constraint.is_some_and(|c| NATURAL_KEY_CONSTRAINTS.contains(&c)) => {
+            transient(RetryReason::Other)
+        }
+        // 22: data exceptions (a value the column cannot hold); 23: integrity constraints
+        // (a CHECK, NOT NULL, foreign key or unique index added by an operator).
+        ("22" | "23", _) => content(code),
         _ => transient(RetryReason::Other),
     }
 }
@@ -119,12 +167,15 @@ pub fn sqlstate(err: &DbErr) -> Option<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn sqlstates_are_classified() {
-        let t = |reason| DbFailure::Transient {
+    fn t(reason: RetryReason) -> DbFailure {
+        DbFailure::Transient {
             reason,
             founding_number_conflict: false,
-        };
+        }
+    }
+
+    #[test]
+    fn sqlstates_are_classified() {
         assert_eq!(
             classify_sqlstate(Some("40001"), None),
             t(RetryReason::Serialization)
@@ -134,8 +185,7 @@ mod tests {
             t(RetryReason::Deadlock)
         );
         for code in [
-            "57P01", "57P02", "57P03", "08006", "08001", "53300", "3D000", "28P01", "42P01",
-            "42883",
+            "57P01", "57P02", "57P03", "08006", "08001", "53300", "53100", "3D000", "28P01",
         ] {
             assert_eq!(
                 classify_sqlstate(Some(code), None),
@@ -143,11 +193,47 @@ mod tests {
                 "{code}"
             );
         }
+        for code in ["42501", "42P01", "42883", "42703", "3F000", "25006"] {
+            let got = classify_sqlstate(Some(code), None);
+            assert_eq!(got, DbFailure::Misconfigured, "{code}");
+            assert!(got.is_outage());
+            assert_eq!(got.retry_reason(), RetryReason::DatabaseUnavailable);
+        }
         assert_eq!(
-            classify_sqlstate(Some("22023"), None),
+            classify_sqlstate(Some("55P03"), None),
+            t(RetryReason::Other)
+        );
+        assert_eq!(
+            classify_sqlstate(Some("57014"), None),
             t(RetryReason::Other)
         );
         assert_eq!(classify_sqlstate(None, None), t(RetryReason::Other));
+    }
+
+    #[test]
+    fn content_errors_are_permanent_and_say_only_code_and_constraint() {
+        for code in [
+            "22008", "22021", "22P02", "22001", "23502", "23503", "23514",
+        ] {
+            let got = classify_sqlstate(Some(code), Some("some_check"));
+            assert!(!got.is_outage(), "{code}");
+            assert_eq!(
+                got.content_reason().unwrap(),
+                format!("invalid: refused by PostgreSQL (SQLSTATE {code}, constraint some_check)")
+            );
+        }
+        // A unique index an operator added is about the event's content too.
+        assert!(
+            classify_sqlstate(Some("23505"), Some("tenants_owner_email_key"))
+                .content_reason()
+                .is_some()
+        );
+        assert_eq!(
+            classify_sqlstate(Some("22008"), None)
+                .content_reason()
+                .unwrap(),
+            "invalid: refused by PostgreSQL (SQLSTATE 22008)"
+        );
     }
 
     #[test]
@@ -159,13 +245,12 @@ mod tests {
                 founding_number_conflict: true
             }
         );
-        assert_eq!(
-            classify_sqlstate(Some("23505"), Some("tenants_slug_key")),
-            DbFailure::Transient {
-                reason: RetryReason::Other,
-                founding_number_conflict: false
-            }
-        );
+        for c in NATURAL_KEY_CONSTRAINTS {
+            assert_eq!(
+                classify_sqlstate(Some("23505"), Some(c)),
+                t(RetryReason::Other)
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   reconnection, graceful shutdown.
 //! - [`amqp`]: topology, confirmed publishing and outcome events.
 //! - [`metrics`]: every metric, declared once. [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`secrets`]: connection URLs checked before any I/O and never printed with a password.
 //! - [`cli`], [`app`], [`publish`], [`admin`], [`db`], [`telemetry`]: the command line and
 //!   the one-shot commands.
 //!
@@ -27,6 +28,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod publish;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

@@ -16,13 +16,14 @@
 
 use std::collections::{HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, Statement,
     TransactionTrait, Value,
 };
 use uuid::Uuid;
 
-use crate::domain::SignupRequest;
+use crate::domain::{OccurredAt, SignupRequest};
 
 /// A tenant as stored, with what an outcome event needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,12 +105,18 @@ const EXISTING_SQL: &str = "SELECT id, event_id, slug, is_demo, founding_member_
 
 // `unnest` yields the rows in array order, which is delivery order: the trigger numbers the
 // batch's tenants in the order their events arrived.
+//
+// Every value is bound with its column's own type (no text casts in the statement), so a value
+// PostgreSQL cannot hold fails when the parameters are bound, before the trigger has drawn a
+// number for any row. `occurred_at` travels as a timestamptz[] plus a "known" mask because the
+// driver cannot bind NULL elements in a timestamptz[].
 const INSERT_SQL: &str = "INSERT INTO tenants \
      (event_id, slug, business_name, owner_email, tier, is_demo, occurred_at) \
      SELECT u.event_id, u.slug, u.business_name, u.owner_email, u.tier, u.is_demo, \
-            nullif(u.occurred_at, '')::timestamptz \
-     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::text[]) \
-          AS u(event_id, slug, business_name, owner_email, tier, is_demo, occurred_at) \
+            CASE WHEN u.occurred_known THEN u.occurred_at END \
+     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[], \
+                 $7::timestamptz[], $8::bool[]) \
+          AS u(event_id, slug, business_name, owner_email, tier, is_demo, occurred_at, occurred_known) \
      RETURNING id, event_id, slug, is_demo, founding_member_number";
 
 fn tenant_from_row(row: &QueryResult) -> Result<StoredTenant, DbErr> {
@@ -171,7 +178,17 @@ pub async fn store_batch(
             col(&|r| r.owner_email.as_str().to_owned()),
             col(&|r| r.tier.as_str().to_owned()),
             new.iter().map(|r| r.is_demo).collect::<Vec<bool>>().into(),
-            col(&|r| r.occurred_at.map(|t| t.to_rfc3339()).unwrap_or_default()),
+            new.iter()
+                .map(|r| {
+                    r.occurred_at
+                        .map_or(DateTime::UNIX_EPOCH, OccurredAt::instant)
+                })
+                .collect::<Vec<DateTime<Utc>>>()
+                .into(),
+            new.iter()
+                .map(|r| r.occurred_at.is_some())
+                .collect::<Vec<bool>>()
+                .into(),
         ];
         for row in txn.query_all(stmt(INSERT_SQL, values)).await? {
             let t = tenant_from_row(&row)?;
@@ -223,19 +240,24 @@ pub struct FoundingStats {
 }
 
 impl FoundingStats {
+    // Clamped at 0: a figure that went negative (a number written by hand past the position,
+    // a capacity lowered behind our back) would only mislead the dashboards and alerts.
     pub fn remaining(&self) -> i64 {
-        self.capacity - self.position
+        (self.capacity - self.position).max(0)
     }
 
     pub fn burned(&self) -> i64 {
-        self.position - self.assigned
+        (self.position - self.assigned).max(0)
     }
 }
 
-// pg_sequences.last_value is NULL until the first nextval(). The count reads only the partial
-// unique index, which holds at most `capacity` entries, however many tenants exist.
+// pg_sequences.last_value is NULL until the first nextval(), and also whenever the role lacks
+// USAGE and SELECT on the sequence: the privilege check tells the two apart, so that a revoked
+// grant is an error and not a position of 0 (which made `burned` negative). The count reads
+// only the partial unique index, which holds at most `capacity` entries.
 const STATS_SQL: &str = "SELECT s.max_value::bigint AS capacity, \
-            coalesce(s.last_value, 0)::bigint AS position, \
+            CASE WHEN has_sequence_privilege(format('%I.%I', s.schemaname, s.sequencename), 'USAGE,SELECT') \
+                 THEN coalesce(s.last_value, 0) END::bigint AS position, \
             (SELECT count(*) FROM tenants WHERE founding_member_number IS NOT NULL)::bigint AS assigned \
      FROM pg_sequences s \
      WHERE s.schemaname = current_schema() AND s.sequencename = 'founding_member_number_seq'";
@@ -249,9 +271,17 @@ pub async fn founding_stats(db: &impl ConnectionTrait) -> Result<FoundingStats, 
                 "founding_member_number_seq does not exist: run `signup-worker migrate`".into(),
             )
         })?;
+    let position: Option<i64> = row.try_get("", "position")?;
+    let position = position.ok_or_else(|| {
+        DbErr::Custom(
+            "permission denied for sequence founding_member_number_seq: the role needs USAGE \
+             and SELECT on it"
+                .into(),
+        )
+    })?;
     Ok(FoundingStats {
         capacity: row.try_get("", "capacity")?,
-        position: row.try_get("", "position")?,
+        position,
         assigned: row.try_get("", "assigned")?,
     })
 }
@@ -393,5 +423,11 @@ mod tests {
             assigned: 8,
         };
         assert_eq!((s.remaining(), s.burned()), (90, 2));
+        let odd = FoundingStats {
+            capacity: 5,
+            position: 6,
+            assigned: 7,
+        };
+        assert_eq!((odd.remaining(), odd.burned()), (0, 0), "never negative");
     }
 }

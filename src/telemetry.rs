@@ -1,28 +1,91 @@
 //! Tracing setup: human-readable lines by default, JSON lines with `LOG_FORMAT=json`. Logs go
 //! to stderr so that `status --json` keeps stdout for its own output.
 
-use tracing_subscriber::EnvFilter;
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 
 use crate::cli::LogFormat;
+
+/// Targets whose DEBUG and TRACE output can carry credentials: lapin traces every frame it
+/// sends, and the connection's Start-Ok frame holds the SASL response, i.e. the broker
+/// password (`LongString([0, 103, 117, ...])`). They are capped at INFO whatever `RUST_LOG`
+/// says, because "no level ever prints a password" (contract section 2) must not depend on an
+/// operator knowing which targets are dangerous.
+/// Matched as prefixes: `amq_protocol` also covers `amq_protocol_tcp`, `amq_protocol_uri`...
+const CREDENTIAL_TARGETS: [&str; 2] = ["lapin::", "amq_protocol"];
+
+/// True for an event or span that may be recorded at all.
+fn may_record(meta: &Metadata<'_>) -> bool {
+    let target = meta.target();
+    let dangerous = target == "lapin" || CREDENTIAL_TARGETS.iter().any(|t| target.starts_with(t));
+    !dangerous || *meta.level() <= Level::INFO
+}
 
 pub fn init(format: LogFormat) {
     // The defaults quiet two chatty dependencies: PostgreSQL NOTICEs relayed by sqlx ("relation
     // already exists, skipping" on every idempotent migration run) and lapin's own error line
-    // for a channel it closes during a normal shutdown. RUST_LOG overrides all of it.
+    // for a channel it closes during a normal shutdown. RUST_LOG overrides all of it (within
+    // the credential cap above).
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn,lapin=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal, never into log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    // try_init: tests may initialise more than once in one process.
-    let _ = match format {
-        LogFormat::Json => builder
+    let layer = match format {
+        LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
+            .boxed(),
+        LogFormat::Text => fmt.boxed(),
     };
+    // try_init: tests may initialise more than once in one process.
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(filter).with_filter(filter_fn(may_record)))
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::callsite::Identifier;
+    use tracing::field::FieldSet;
+    use tracing::metadata::Kind;
+
+    struct Site;
+    impl tracing::callsite::Callsite for Site {
+        fn set_interest(&self, _: tracing::subscriber::Interest) {}
+        fn metadata(&self) -> &Metadata<'_> {
+            unimplemented!()
+        }
+    }
+    static SITE: Site = Site;
+
+    fn meta(target: &'static str, level: Level) -> Metadata<'static> {
+        Metadata::new(
+            "e",
+            target,
+            level,
+            None,
+            None,
+            None,
+            FieldSet::new(&[], Identifier(&SITE)),
+            Kind::EVENT,
+        )
+    }
+
+    #[test]
+    fn credential_targets_are_capped_at_info() {
+        assert!(!may_record(&meta("lapin::channels", Level::TRACE)));
+        assert!(!may_record(&meta("lapin", Level::DEBUG)));
+        assert!(!may_record(&meta("amq_protocol_tcp", Level::TRACE)));
+        assert!(!may_record(&meta("amq_protocol::frame", Level::TRACE)));
+        assert!(may_record(&meta("lapin::channel", Level::WARN)));
+        assert!(may_record(&meta("lapinator", Level::TRACE)));
+        assert!(may_record(&meta("signup_worker::worker", Level::TRACE)));
+    }
 }

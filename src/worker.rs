@@ -25,17 +25,19 @@ use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, Consumer, PublisherConfirm};
+use lapin::{Channel, Connection, Consumer, PublisherConfirm};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn};
+use tracing::{debug, error, info, info_span, warn};
 
 use crate::amqp::{self, OutcomeEvent, PublishError, Topology, ATTEMPTS_HEADER, ERROR_HEADER};
 use crate::db::DbTarget;
 use crate::domain::{InvalidEvent, SignupRequest};
+use crate::error::sqlstate;
 use crate::error::{classify_db, DbFailure};
 use crate::metrics::{self, ConflictKind, EventOutcome, RetryReason};
+use crate::secrets::{self, SecretUrl};
 use crate::store::{self, Resolution};
 
 /// Quick in-process attempts of one event (after its batch failed and was split up) before
@@ -63,8 +65,8 @@ const DB_POOL_SIZE: u32 = 3;
 /// Everything `run` needs, already parsed.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
-    pub database_url: String,
-    pub amqp_url: String,
+    pub database_url: SecretUrl,
+    pub amqp_url: SecretUrl,
     pub topology: Topology,
     pub max_deliveries: u32,
     pub prefetch: u16,
@@ -74,20 +76,32 @@ pub struct WorkerSettings {
     pub metrics_addr: SocketAddr,
 }
 
-/// What `/readyz` reports: ready only while both servers are reachable and we consume.
+/// What `/readyz` reports: ready only while both servers are reachable, batches can be
+/// stored, and we consume.
 #[derive(Debug, Default)]
 pub struct Health {
+    /// PostgreSQL answers (the connection loop and the gauge refresher say so).
     database: AtomicBool,
+    /// The last attempt to store a batch hit an outage (unreachable, or refusing our
+    /// statements: a revoked grant). Separate from `database`: the gauge refresher can still
+    /// read while INSERT is refused, and must not report ready meanwhile.
+    store_blocked: AtomicBool,
     consuming: AtomicBool,
 }
 
 impl Health {
     pub fn ready(&self) -> bool {
-        self.database.load(Ordering::Relaxed) && self.consuming.load(Ordering::Relaxed)
+        self.database.load(Ordering::Relaxed)
+            && !self.store_blocked.load(Ordering::Relaxed)
+            && self.consuming.load(Ordering::Relaxed)
     }
 
     fn set_database(&self, up: bool) {
         self.database.store(up, Ordering::Relaxed);
+    }
+
+    fn set_store_blocked(&self, blocked: bool) {
+        self.store_blocked.store(blocked, Ordering::Relaxed);
     }
 
     fn set_consuming(&self, up: bool) {
@@ -112,6 +126,8 @@ pub async fn run(
     metrics_handle: PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Refuse a mistyped URL before binding anything: retrying it would loop forever.
+    secrets::check_amqp_url(settings.amqp_url.expose())?;
     let stop = CancellationToken::new();
     let stop_on_signal = stop.clone();
     tokio::spawn(async move {
@@ -135,7 +151,7 @@ pub async fn run(
         http_stop.clone(),
     ));
 
-    let target = DbTarget::parse(&settings.database_url)?;
+    let target = DbTarget::parse(settings.database_url.expose())?;
     let Some(db) = connect_database(&settings, &target, &stop).await else {
         http_stop.cancel();
         let _ = http.await;
@@ -294,7 +310,7 @@ enum Action {
         counted_as: EventOutcome,
     },
     Retry {
-        attempts: i64,
+        attempts: u32,
     },
 }
 
@@ -331,7 +347,7 @@ impl Worker {
             self.settings.topology.queue,
             std::process::id()
         );
-        let conn = amqp::connect(&self.settings.amqp_url, &name).await?;
+        let conn = amqp::connect(self.settings.amqp_url.expose(), &name).await?;
         let result = self.consume(&conn, attempt).await;
         // Closing returns whatever we still hold to the queue; on error the connection may be
         // gone already, which is fine.
@@ -365,9 +381,11 @@ impl Worker {
         // the next one coming meanwhile. Batches leave the second stage in delivery order, so
         // each `ack(multiple)` covers exactly its own batch.
         let (committed, to_finish) = tokio::sync::mpsc::channel::<Committed>(1);
+        // The negotiated frame size bounds the headers of every copy we publish.
+        let frame_max = conn.configuration().frame_max();
         tokio::try_join!(
             self.intake(&consume_channel, &mut consumer, committed),
-            self.finish_all(&consume_channel, &publish_channel, to_finish),
+            self.finish_all(&consume_channel, &publish_channel, to_finish, frame_max),
         )?;
         // Close the channels before the connection, or lapin reports the connection closing
         // under open channels as an error.
@@ -444,9 +462,10 @@ impl Worker {
         consume_channel: &Channel,
         publish_channel: &Channel,
         mut to_finish: tokio::sync::mpsc::Receiver<Committed>,
+        frame_max: u32,
     ) -> Result<(), SessionError> {
         while let Some(batch) = to_finish.recv().await {
-            self.finish_stage(consume_channel, publish_channel, batch)
+            self.finish_stage(consume_channel, publish_channel, batch, frame_max)
                 .await?;
         }
         Ok(())
@@ -494,6 +513,7 @@ impl Worker {
         consume_channel: &Channel,
         publish_channel: &Channel,
         batch: Committed,
+        frame_max: u32,
     ) -> Result<(), SessionError> {
         let Committed {
             inbound,
@@ -504,7 +524,7 @@ impl Worker {
             return Ok(());
         };
         let started = Instant::now();
-        self.publish_actions(publish_channel, &inbound, &actions)
+        self.publish_actions(publish_channel, &inbound, &actions, frame_max)
             .await?;
         consume_channel
             .basic_ack(last_tag, BasicAckOptions { multiple: true })
@@ -539,46 +559,56 @@ impl Worker {
             let error = match store::store_batch(&self.db, requests).await {
                 Ok(resolutions) => {
                     self.health.set_database(true);
+                    self.health.set_store_blocked(false);
                     return Ok(resolutions.into_iter().map(Ok).collect());
                 }
                 Err(error) => error,
             };
             let failure = classify_db(&error);
-            metrics::retry(failure.retry_reason());
-            match failure {
-                DbFailure::Unavailable => {
+            if failure.is_outage() {
+                metrics::retry(failure.retry_reason());
+                self.health.set_store_blocked(true);
+                if failure == DbFailure::Unavailable {
                     self.health.set_database(false);
                     warn!(%error, attempt, events = requests.len(), "PostgreSQL unavailable; holding the batch until it is back");
-                    sleep_or_stop(backoff(attempt, RETRY_BASE, OUTAGE_BACKOFF_CAP), &self.stop)
-                        .await?;
-                    // An outage is not the events' fault: it never counts toward giving up.
-                    attempt = attempt.min(IN_PROCESS_ATTEMPTS - 1);
+                } else {
+                    // The server's message names the privilege or the object.
+                    error!(%error, sqlstate = sqlstate(&error).unwrap_or_default(), attempt, events = requests.len(),
+                        "PostgreSQL refuses the worker's statements (a missing privilege or object); \
+                         holding the batch until an operator fixes it");
                 }
-                DbFailure::Transient {
-                    reason,
-                    founding_number_conflict,
-                } => {
-                    if founding_number_conflict {
-                        metrics::conflict(ConflictKind::FoundingNumber);
-                    }
-                    warn!(%error, attempt, reason = reason.as_str(), events = requests.len(), "storing the batch failed");
-                    if requests.len() > 1 {
-                        // Isolate the event at fault at once: its batch-mates must not wait for
-                        // it, and every failed attempt of a batch burns the numbers its earlier
-                        // rows drew, so a batch is never retried whole.
-                        let mut results = Vec::with_capacity(requests.len());
-                        for req in requests {
-                            results.extend(Box::pin(self.store_with_retries(&[*req])).await?);
-                        }
-                        return Ok(results);
-                    } else if attempt < IN_PROCESS_ATTEMPTS {
-                        sleep_or_stop(backoff(attempt, RETRY_BASE, OUTAGE_BACKOFF_CAP), &self.stop)
-                            .await?;
-                    } else {
-                        return Ok(vec![Err(failure)]);
-                    }
-                }
+                sleep_or_stop(backoff(attempt, RETRY_BASE, OUTAGE_BACKOFF_CAP), &self.stop).await?;
+                // An outage is not the events' fault: it never counts toward giving up.
+                attempt = attempt.min(IN_PROCESS_ATTEMPTS - 1);
+                continue;
             }
+            self.health.set_store_blocked(false);
+            if let DbFailure::Transient {
+                founding_number_conflict: true,
+                ..
+            } = failure
+            {
+                metrics::conflict(ConflictKind::FoundingNumber);
+            }
+            let permanent = failure.content_reason().is_some();
+            warn!(%error, attempt, reason = failure.retry_reason().as_str(), permanent, events = requests.len(), "storing the batch failed");
+            if requests.len() > 1 {
+                // Isolate the event at fault at once: its batch-mates must not wait for it,
+                // and every failed attempt of a batch burns the numbers its earlier rows drew,
+                // so a batch is never retried whole.
+                let mut results = Vec::with_capacity(requests.len());
+                for req in requests {
+                    results.extend(Box::pin(self.store_with_retries(&[*req])).await?);
+                }
+                return Ok(results);
+            }
+            // One event. Its content refused: no retry can help. Otherwise a few quick
+            // attempts here, then the retry queue.
+            if permanent || attempt >= IN_PROCESS_ATTEMPTS {
+                return Ok(vec![Err(failure)]);
+            }
+            metrics::retry(failure.retry_reason());
+            sleep_or_stop(backoff(attempt, RETRY_BASE, OUTAGE_BACKOFF_CAP), &self.stop).await?;
         }
     }
 
@@ -640,9 +670,24 @@ impl Worker {
                 ))
             }
             Err(failure) => {
-                let attempts =
-                    amqp::int_header(&item.delivery.properties, ATTEMPTS_HEADER).unwrap_or(0) + 1;
-                if attempts >= i64::from(self.settings.max_deliveries) {
+                if let Some(reason) = failure.content_reason() {
+                    warn!(error = %reason, "PostgreSQL refused the event's content: dead-lettering");
+                    return Action::DeadLetter {
+                        error: reason,
+                        outcome: Some(OutcomeEvent::rejected(
+                            Some(event_id),
+                            Some(req.slug.to_string()),
+                            "invalid",
+                        )),
+                        counted_as: EventOutcome::Invalid,
+                    };
+                }
+                let attempts = amqp::prior_attempts(
+                    &item.delivery.properties,
+                    &self.settings.topology.retry_queue(),
+                    self.settings.max_deliveries,
+                ) + 1;
+                if attempts >= self.settings.max_deliveries {
                     warn!(
                         attempts,
                         reason = failure.retry_reason().as_str(),
@@ -675,6 +720,7 @@ impl Worker {
         channel: &Channel,
         inbound: &[Inbound],
         actions: &[Action],
+        frame_max: u32,
     ) -> Result<(), SessionError> {
         let topology = &self.settings.topology;
         let dlq = topology.dead_letter_queue();
@@ -684,10 +730,10 @@ impl Worker {
             let outcome = match action {
                 Action::Outcome(o) => Some(o),
                 Action::DeadLetter { error, outcome, .. } => {
-                    let props = with_header(
+                    let props = amqp::copy_properties(
                         &item.delivery.properties,
-                        ERROR_HEADER,
-                        AMQPValue::LongString(error.as_str().into()),
+                        vec![(ERROR_HEADER, AMQPValue::LongString(error.as_str().into()))],
+                        frame_max,
                     );
                     let c =
                         amqp::publish(channel, "", &dlq, &item.delivery.data, props, true).await?;
@@ -695,11 +741,14 @@ impl Worker {
                     outcome.as_ref()
                 }
                 Action::Retry { attempts } => {
-                    let delay = backoff(*attempts as u32, RETRY_QUEUE_BASE, RETRY_QUEUE_CAP);
-                    let props = with_header(
+                    let delay = backoff(*attempts, RETRY_QUEUE_BASE, RETRY_QUEUE_CAP);
+                    let props = amqp::copy_properties(
                         &item.delivery.properties,
-                        ATTEMPTS_HEADER,
-                        AMQPValue::LongLongInt(*attempts),
+                        vec![(
+                            ATTEMPTS_HEADER,
+                            AMQPValue::LongLongInt(i64::from(*attempts)),
+                        )],
+                        frame_max,
                     )
                     .with_expiration(delay.as_millis().to_string().into());
                     let c =
@@ -777,13 +826,6 @@ fn best_effort_ids(delivery: &Delivery) -> (Option<String>, Option<String>) {
         .as_ref()
         .and_then(|v| v.get("tenant")?.get("slug")?.as_str().map(str::to_owned));
     (event_id, slug)
-}
-
-/// A copy of `props` with one header set.
-fn with_header(props: &BasicProperties, name: &str, value: AMQPValue) -> BasicProperties {
-    let mut headers = props.headers().clone().unwrap_or_default();
-    headers.insert(name.into(), value);
-    props.clone().with_headers(headers)
 }
 
 #[cfg(test)]

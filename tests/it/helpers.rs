@@ -253,6 +253,18 @@ impl TestEnv {
 
     /// Takes every message from the DLQ: (body, x-signup-error).
     pub async fn take_dead_letters(&self) -> Vec<(Vec<u8>, Option<String>)> {
+        self.take_dead_letter_deliveries()
+            .await
+            .into_iter()
+            .map(|d| {
+                let error = string_header(&d.properties, amqp::ERROR_HEADER);
+                (d.data, error)
+            })
+            .collect()
+    }
+
+    /// Takes every message from the DLQ, whole.
+    pub async fn take_dead_letter_deliveries(&self) -> Vec<lapin::message::Delivery> {
         let mut out = Vec::new();
         let dlq = self.topology.dead_letter_queue();
         while let Some(msg) = self
@@ -261,23 +273,28 @@ impl TestEnv {
             .await
             .unwrap()
         {
-            let error = msg
-                .delivery
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|h| h.inner().get(amqp::ERROR_HEADER).cloned())
-                .map(|v| match v {
-                    lapin::types::AMQPValue::LongString(s) => s.to_string(),
-                    other => format!("{other:?}"),
-                });
-            out.push((msg.delivery.data.clone(), error));
             self.channel
                 .basic_ack(msg.delivery.delivery_tag, BasicAckOptions::default())
                 .await
                 .unwrap();
+            out.push(msg.delivery);
         }
         out
+    }
+
+    /// Publishes one message with the given properties to the signup routing key.
+    pub async fn publish_with(&self, body: &[u8], props: lapin::BasicProperties) {
+        let c = amqp::publish(
+            &self.channel,
+            &self.topology.exchange,
+            SIGNUP_REQUESTED,
+            body,
+            props,
+            true,
+        )
+        .await
+        .unwrap();
+        amqp::confirmed(c, &self.topology.queue).await.unwrap();
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {
@@ -381,6 +398,29 @@ impl TestEnv {
             ))
             .await
             .unwrap();
+    }
+}
+
+/// Drops a login role a test created (after its database is gone, so it owns nothing).
+pub async fn drop_role(role: &str) {
+    let admin = DbTarget::parse(&format!("{PG_SERVER}/postgres"))
+        .unwrap()
+        .connect(1)
+        .await
+        .unwrap();
+    admin
+        .execute_unprepared(&format!("DROP ROLE IF EXISTS {role}"))
+        .await
+        .unwrap();
+    let _ = admin.close().await;
+}
+
+/// A header's value as text (long or short string).
+pub fn string_header(props: &lapin::BasicProperties, name: &str) -> Option<String> {
+    match props.headers().as_ref()?.inner().get(name)? {
+        lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+        lapin::types::AMQPValue::ShortString(s) => Some(s.to_string()),
+        other => Some(format!("{other:?}")),
     }
 }
 

@@ -7,7 +7,8 @@
 //! - [`store`]: one transaction per batch; duplicates and slug conflicts are resolved before
 //!   the numbering trigger can see them, so no number is ever wasted on them.
 //! - [`error`]: the one place where database errors are classified (by SQLSTATE and
-//!   constraint name) into "wait for the outage" or "retry, then dead-letter".
+//!   constraint name) into "wait for the outage" (unreachable, or refusing our statements),
+//!   "retry, then dead-letter" (transient) or "dead-letter now" (the event's content).
 //! - [`worker`]: the consume loop: batches, retries, dead letters, acks after commit,
 //!   reconnection, graceful shutdown.
 //! - [`amqp`]: topology, confirmed publishing and outcome events.

@@ -117,8 +117,10 @@ async fn values_postgres_cannot_store_are_invalid_and_burn_nothing() {
         2
     );
     assert_eq!(
-        env.scalar("SELECT char_length(business_name)::bigint FROM tenants WHERE slug = 'padded-name'")
-            .await,
+        env.scalar(
+            "SELECT char_length(business_name)::bigint FROM tenants WHERE slug = 'padded-name'"
+        )
+        .await,
         190
     );
     let stats = env.founding().await;
@@ -132,7 +134,10 @@ async fn values_postgres_cannot_store_are_invalid_and_burn_nothing() {
         0.0,
         "no attempt failed in the database"
     );
-    assert_eq!(worker.metric("signup_founding_exhausted_total").await, 100.0);
+    assert_eq!(
+        worker.metric("signup_founding_exhausted_total").await,
+        100.0
+    );
     drop(worker);
     env.cleanup().await;
 }
@@ -171,7 +176,11 @@ async fn content_refused_by_postgres_is_dead_lettered_at_once() {
         .unwrap();
     assert_eq!(
         (o.kind.as_str(), o.reason.as_deref(), o.slug.as_deref()),
-        ("tenant.signup.rejected", Some("invalid"), Some("refused-co"))
+        (
+            "tenant.signup.rejected",
+            Some("invalid"),
+            Some("refused-co")
+        )
     );
     wait_for("the refused event in the DLQ", || async {
         env.queue_messages(&env.topology.dead_letter_queue()).await == 1

@@ -80,7 +80,11 @@ async fn no_password_at_trace_level_in_any_command() {
                 text.contains("TRACE") || args[0] != "migrate",
                 "trace output is really on: {text}"
             );
-            assert_eq!(leaks(&text, &secrets), Vec::<String>::new(), "{args:?} {format}");
+            assert_eq!(
+                leaks(&text, &secrets),
+                Vec::<String>::new(),
+                "{args:?} {format}"
+            );
             all_output.push_str(&text);
         }
     }
@@ -138,12 +142,20 @@ async fn mistyped_urls_fail_fast_with_the_password_masked() {
     ];
     let mut runs: Vec<(&str, String, &[&str])> = Vec::new();
     for url in &amqp_cases {
-        for args in [&["publish", "--count", "1"][..], &["dlq", "replay"], &["run"]] {
+        for args in [
+            &["publish", "--count", "1"][..],
+            &["dlq", "replay"],
+            &["run"],
+        ] {
             runs.push(("AMQP_URL", url.clone(), args));
         }
     }
     for url in &db_cases {
-        for args in [&["migrate"][..], &["founding", "set-capacity", "5"], &["run"]] {
+        for args in [
+            &["migrate"][..],
+            &["founding", "set-capacity", "5"],
+            &["run"],
+        ] {
             runs.push(("DATABASE_URL", url.clone(), args));
         }
     }

@@ -22,6 +22,8 @@ pub struct Founding {
     pub capacity: i64,
     pub position: i64,
     pub assigned: i64,
+    pub pooled: i64,
+    pub retired: i64,
     pub burned: i64,
     pub remaining: i64,
 }
@@ -32,6 +34,8 @@ impl From<FoundingStats> for Founding {
             capacity: s.capacity,
             position: s.position,
             assigned: s.assigned,
+            pooled: s.pooled,
+            retired: s.retired,
             burned: s.burned(),
             remaining: s.remaining(),
         }
@@ -60,8 +64,8 @@ impl StatusReport {
             format!("  {name:<40} {:>9} {:>10}\n", d.messages, d.consumers)
         };
         let mut out = format!(
-            "Founding-member programme\n  capacity  {:>8}\n  assigned  {:>8}   tenants holding a number\n  position  {:>8}   highest number handed out\n  burned    {:>8}   numbers lost to transactions that never committed\n  remaining {:>8}\n\nQueues{:>45} {:>10}\n",
-            f.capacity, f.assigned, f.position, f.burned, f.remaining, "messages", "consumers"
+            "Founding-member programme\n  capacity  {:>8}\n  assigned  {:>8}   tenants holding a number\n  position  {:>8}   highest number the sequence handed out\n  pooled    {:>8}   reclaimed numbers waiting for a tenant\n  retired   {:>8}   numbers of deleted tenants, never reissued\n  burned    {:>8}   drawn by transactions not committed (in flight, or dead: reclaimed within 10 s)\n  remaining {:>8}\n\nQueues{:>45} {:>10}\n",
+            f.capacity, f.assigned, f.position, f.pooled, f.retired, f.burned, f.remaining, "messages", "consumers"
         );
         out += &row(topology.queue.clone(), &q.main);
         out += &row(topology.retry_queue(), &q.retry);

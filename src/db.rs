@@ -14,6 +14,9 @@ use sea_orm::{
 /// on an unreachable server well under the contract's 30 s.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// See [`DbTarget::parse`].
+pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "10s";
+
 /// Arbitrary, fixed key of the advisory lock that serialises `migrate` across replicas
 /// (sea-orm-migration takes none). Spells "signupmg" in ASCII.
 const MIGRATION_LOCK_KEY: i64 = 0x7369_676e_7570_6d67;
@@ -53,8 +56,23 @@ impl DbTarget {
         // Custom plans: a generic plan cached while `tenants` was small keeps seq-scanning it
         // as it grows (nothing invalidates the plan until the next ANALYZE), which made each
         // batch's lookup slower by the second. Planning per execution reads the current size.
+        //
+        // idle_in_transaction_session_timeout: a numbering transaction holds the numbering
+        // lock until it ends, and the reclaimer cannot return a burned number to the pool
+        // while any such transaction may still commit (see the reclaim migration). A worker
+        // that stops between statements (SIGSTOP, a frozen VM, a client that vanished without
+        // closing its socket) would hold it for ever; PostgreSQL ends such a session after
+        // this long, its numbers are then reclaimed, and the worker, if it wakes, finds its
+        // connection gone and stores the batch again. The worker never idles in a transaction
+        // for more than milliseconds, so 10 s is generous.
         let options = options
-            .options([("plan_cache_mode", "force_custom_plan")])
+            .options([
+                ("plan_cache_mode", "force_custom_plan"),
+                (
+                    "idle_in_transaction_session_timeout",
+                    IDLE_IN_TRANSACTION_TIMEOUT,
+                ),
+            ])
             .log_statements(log::LevelFilter::Trace)
             .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(2));
         let server = format!(

@@ -19,6 +19,8 @@ const CAPACITY: &str = "signup_founding_capacity";
 const ASSIGNED: &str = "signup_founding_assigned";
 const REMAINING: &str = "signup_founding_remaining";
 const BURNED: &str = "signup_founding_burned";
+const POOLED: &str = "signup_founding_pooled";
+const RECLAIMED: &str = "signup_founding_reclaimed_total";
 const DURATION: &str = "signup_processing_duration_seconds";
 
 /// Delivery-to-ack latency buckets. A batch commits in milliseconds when PostgreSQL is
@@ -118,9 +120,17 @@ fn describe() {
     );
     describe_gauge!(
         REMAINING,
-        "Founding-member numbers left: capacity minus sequence position, read from the database."
+        "Founding-member numbers left: capacity minus sequence position plus pooled, read from the database."
     );
-    describe_gauge!(BURNED, "Founding-member numbers lost to transactions that never committed: sequence position minus assigned.");
+    describe_gauge!(BURNED, "Founding-member numbers drawn by transactions that have not committed (in flight, or dead and not reclaimed yet): position minus assigned, pooled and retired.");
+    describe_gauge!(
+        POOLED,
+        "Reclaimed founding-member numbers waiting for a tenant, read from the database."
+    );
+    describe_counter!(
+        RECLAIMED,
+        "Burned founding-member numbers this replica returned to the pool."
+    );
     describe_histogram!(
         DURATION,
         Unit::Seconds,
@@ -154,6 +164,7 @@ fn describe() {
         counter!(RETRIES, "reason" => r.as_str()).increment(0);
     }
     counter!(EXHAUSTED).increment(0);
+    counter!(RECLAIMED).increment(0);
 }
 
 pub fn event(outcome: EventOutcome) {
@@ -181,4 +192,9 @@ pub fn founding_stats(stats: &FoundingStats) {
     gauge!(ASSIGNED).set(stats.assigned as f64);
     gauge!(REMAINING).set(stats.remaining() as f64);
     gauge!(BURNED).set(stats.burned() as f64);
+    gauge!(POOLED).set(stats.pooled as f64);
+}
+
+pub fn founding_reclaimed(numbers: u64) {
+    counter!(RECLAIMED).increment(numbers);
 }

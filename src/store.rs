@@ -237,17 +237,23 @@ pub struct FoundingStats {
     pub position: i64,
     /// Tenants holding a number.
     pub assigned: i64,
+    /// Reclaimed numbers waiting for a tenant.
+    pub pooled: i64,
+    /// Numbers whose tenant was deleted: never handed out again.
+    pub retired: i64,
 }
 
 impl FoundingStats {
     // Clamped at 0: a figure that went negative (a number written by hand past the position,
     // a capacity lowered behind our back) would only mislead the dashboards and alerts.
     pub fn remaining(&self) -> i64 {
-        (self.capacity - self.position).max(0)
+        (self.capacity - self.position + self.pooled).max(0)
     }
 
+    /// Drawn by transactions that have not committed: in flight, or dead and not yet
+    /// reclaimed (contract section 5).
     pub fn burned(&self) -> i64 {
-        (self.position - self.assigned).max(0)
+        (self.position - self.assigned - self.pooled - self.retired).max(0)
     }
 }
 
@@ -258,7 +264,9 @@ impl FoundingStats {
 const STATS_SQL: &str = "SELECT s.max_value::bigint AS capacity, \
             CASE WHEN has_sequence_privilege(format('%I.%I', s.schemaname, s.sequencename), 'USAGE,SELECT') \
                  THEN coalesce(s.last_value, 0) END::bigint AS position, \
-            (SELECT count(*) FROM tenants WHERE founding_member_number IS NOT NULL)::bigint AS assigned \
+            (SELECT count(*) FROM tenants WHERE founding_member_number IS NOT NULL)::bigint AS assigned, \
+            (SELECT count(*) FROM founding_number_pool)::bigint AS pooled, \
+            (SELECT count(*) FROM founding_number_retired)::bigint AS retired \
      FROM pg_sequences s \
      WHERE s.schemaname = current_schema() AND s.sequencename = 'founding_member_number_seq'";
 
@@ -283,7 +291,29 @@ pub async fn founding_stats(db: &impl ConnectionTrait) -> Result<FoundingStats, 
         capacity: row.try_get("", "capacity")?,
         position,
         assigned: row.try_get("", "assigned")?,
+        pooled: row.try_get("", "pooled")?,
+        retired: row.try_get("", "retired")?,
     })
+}
+
+/// Returns burned numbers to the pool (see migration `m20261128_000004_reclaim_numbers` for
+/// the rule and why it is safe). `upto` bounds the numbers looked at: pass a position seen a
+/// while ago, so that only transactions long gone are involved and the fast path applies.
+/// `Ok(None)`: a numbering transaction held the lock past 50 ms; try again later.
+pub async fn reclaim(db: &impl TransactionTrait, upto: i64) -> Result<Option<i64>, DbErr> {
+    // Its own transaction: the exclusive lock must be released as soon as it is done.
+    let txn = db.begin().await?;
+    let row = txn
+        .query_one(stmt(
+            "SELECT founding_reclaim($1)::bigint AS reclaimed",
+            vec![upto.into()],
+        ))
+        .await?;
+    txn.commit().await?;
+    match row {
+        Some(row) => row.try_get("", "reclaimed"),
+        None => Ok(None),
+    }
 }
 
 /// Why `founding set-capacity` refused.
@@ -420,13 +450,17 @@ mod tests {
         let s = FoundingStats {
             capacity: 100,
             position: 10,
-            assigned: 8,
+            assigned: 6,
+            pooled: 1,
+            retired: 1,
         };
-        assert_eq!((s.remaining(), s.burned()), (90, 2));
+        assert_eq!((s.remaining(), s.burned()), (91, 2));
         let odd = FoundingStats {
             capacity: 5,
             position: 6,
             assigned: 7,
+            pooled: 0,
+            retired: 0,
         };
         assert_eq!((odd.remaining(), odd.burned()), (0, 0), "never negative");
     }

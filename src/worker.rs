@@ -52,8 +52,10 @@ const OUTAGE_BACKOFF_CAP: Duration = Duration::from_secs(5);
 const RETRY_QUEUE_BASE: Duration = Duration::from_secs(1);
 /// Ceiling of the retry-queue delay.
 const RETRY_QUEUE_CAP: Duration = Duration::from_secs(60);
-/// How often the founding gauges are read from the database. They are the same on every
-/// replica, so a few seconds of lag is harmless.
+/// How often the founding gauges are read from the database, and burned numbers reclaimed.
+/// The gauges are the same on every replica, so a few seconds of lag is harmless; a burned
+/// number is reclaimed on the second tick after it was drawn (the reclaimer looks up to the
+/// position of the previous tick), within the contract's 10 s.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(2);
 /// On shutdown, how long to wait for deliveries still in flight from the broker after the
 /// consumer is cancelled.
@@ -228,6 +230,10 @@ async fn refresh_gauges(
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(GAUGE_INTERVAL);
+    // The position seen on the previous tick: the reclaimer looks only at numbers drawn before
+    // it, whose transactions have almost always ended, so it rarely needs its lock. At start-up
+    // (the first tick) it looks up to the current position, to reclaim what a crash left.
+    let mut reclaim_upto: Option<i64> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -237,6 +243,27 @@ async fn refresh_gauges(
         handle.run_upkeep();
         match store::founding_stats(&db).await {
             Ok(stats) => {
+                let upto = reclaim_upto.unwrap_or(stats.position);
+                reclaim_upto = Some(stats.position);
+                let stats = match store::reclaim(&db, upto).await {
+                    Ok(Some(0)) => stats,
+                    Ok(Some(n)) => {
+                        metrics::founding_reclaimed(n as u64);
+                        info!(
+                            reclaimed = n,
+                            upto, "burned founding numbers returned to the pool"
+                        );
+                        store::founding_stats(&db).await.unwrap_or(stats)
+                    }
+                    Ok(None) => {
+                        debug!(upto, "founding reclaim: a numbering transaction is still running; trying again next tick");
+                        stats
+                    }
+                    Err(error) => {
+                        debug!(%error, "founding reclaim failed; trying again next tick");
+                        stats
+                    }
+                };
                 metrics::founding_stats(&stats);
                 health.set_database(true);
             }
@@ -591,6 +618,9 @@ impl Worker {
                 metrics::conflict(ConflictKind::FoundingNumber);
             }
             let permanent = failure.content_reason().is_some();
+            if !permanent {
+                metrics::retry(failure.retry_reason());
+            }
             warn!(%error, attempt, reason = failure.retry_reason().as_str(), permanent, events = requests.len(), "storing the batch failed");
             if requests.len() > 1 {
                 // Isolate the event at fault at once: its batch-mates must not wait for it,
@@ -607,7 +637,6 @@ impl Worker {
             if permanent || attempt >= IN_PROCESS_ATTEMPTS {
                 return Ok(vec![Err(failure)]);
             }
-            metrics::retry(failure.retry_reason());
             sleep_or_stop(backoff(attempt, RETRY_BASE, OUTAGE_BACKOFF_CAP), &self.stop).await?;
         }
     }

@@ -9,6 +9,9 @@ pub use sea_orm_migration::prelude::*;
 mod m20261124_000001_create_tenants;
 mod m20261124_000002_founding_numbers;
 mod m20261124_000003_signup_locks;
+mod m20261128_000004_reclaim_numbers;
+
+pub use m20261128_000004_reclaim_numbers::NUMBERING_LOCK;
 
 /// Name of the session setting that carries the initial founding capacity into the migration
 /// that creates the sequence. `signup-worker migrate` sets it with `SET LOCAL` in the
@@ -28,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_create_tenants::Migration),
             Box::new(m20261124_000002_founding_numbers::Migration),
             Box::new(m20261124_000003_signup_locks::Migration),
+            Box::new(m20261128_000004_reclaim_numbers::Migration),
         ]
     }
 }

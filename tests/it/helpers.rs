@@ -360,10 +360,38 @@ impl TestEnv {
     }
 
     /// The stronger property of runs without crashes or killed connections: not a single
-    /// number burned, i.e. the sequence position equals the count of numbered tenants.
+    /// number burned, i.e. the sequence position equals the count of numbered tenants (plus
+    /// pooled and retired ones, which such runs have none of unless the test made them).
     pub async fn assert_no_number_burned(&self) {
         let stats = self.founding().await;
-        assert_eq!(stats.position, stats.assigned, "numbers burned: {stats:?}");
+        assert_eq!(stats.burned(), 0, "numbers burned: {stats:?}");
+        assert_eq!(
+            stats.position,
+            stats.assigned + stats.pooled + stats.retired,
+            "{stats:?}"
+        );
+    }
+
+    /// Waits until no number is burned any more (dead transactions' numbers reclaimed).
+    pub async fn wait_nothing_burned(&self) {
+        wait_for("burned numbers to be reclaimed", || async {
+            self.founding().await.burned() == 0
+        })
+        .await;
+    }
+
+    /// The numbers held by tenants, in order.
+    pub async fn numbers_in_use(&self) -> Vec<i32> {
+        self.db
+            .query_all(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT founding_member_number FROM tenants WHERE founding_member_number IS NOT NULL ORDER BY 1",
+            ))
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get_by_index::<i32>(0).unwrap())
+            .collect()
     }
 
     /// Deletes the queues, the exchange and the database.
@@ -537,11 +565,22 @@ impl Worker {
     }
 
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends a signal by name (`KILL`, `STOP`, `CONT`, ...).
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// SIGKILL, and reap the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub async fn wait_exit(&mut self) -> ExitStatus {

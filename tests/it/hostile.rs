@@ -399,7 +399,11 @@ async fn runtime_role(env: &TestEnv) -> String {
          GRANT USAGE ON SCHEMA public TO {role};
          GRANT SELECT, INSERT ON tenants TO {role};
          GRANT USAGE, SELECT ON SEQUENCE founding_member_number_seq TO {role};
-         GRANT EXECUTE ON FUNCTION signup_lock_keys(uuid[], text[]) TO {role};",
+         GRANT EXECUTE ON FUNCTION signup_lock_keys(uuid[], text[]) TO {role};
+         GRANT SELECT, UPDATE, DELETE ON founding_number_pool TO {role};
+         GRANT INSERT, SELECT ON founding_number_pool, founding_number_retired TO {role};
+         GRANT SELECT, UPDATE ON founding_reclaim_state TO {role};
+         GRANT EXECUTE ON FUNCTION founding_reclaim(bigint) TO {role};",
         db = env.db_name
     ))
     .await;

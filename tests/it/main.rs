@@ -11,5 +11,6 @@ mod hostile;
 mod invalid;
 mod migrations;
 mod outcomes;
+mod reclaim;
 mod secrets;
 mod storable;

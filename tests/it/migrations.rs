@@ -86,7 +86,7 @@ async fn concurrent_migrate_runs_are_safe_and_idempotent() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    assert_eq!(env.scalar("SELECT count(*) FROM seaql_migrations").await, 3);
+    assert_eq!(env.scalar("SELECT count(*) FROM seaql_migrations").await, 4);
     assert_eq!(env.founding().await.capacity, 9);
     // A later run with another capacity does not change it: it applies only at creation.
     env.run_ok(&["migrate", "--founding-capacity", "50"]);

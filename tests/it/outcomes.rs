@@ -25,7 +25,7 @@ async fn status_set_capacity_and_dlq_replay() {
         serde_json::from_str(&env.run_ok(&["status", "--json"])).unwrap();
     assert_eq!(
         status["founding"],
-        serde_json::json!({"capacity": 2, "position": 2, "assigned": 2, "burned": 0, "remaining": 0})
+        serde_json::json!({"capacity": 2, "position": 2, "assigned": 2, "pooled": 0, "retired": 0, "burned": 0, "remaining": 0})
     );
     assert_eq!(status["queues"]["dlq"]["messages"], 2);
     assert_eq!(status["queues"]["main"]["consumers"], 1);

@@ -35,6 +35,8 @@ WORKER_METRICS = {
     "signup_founding_assigned",
     "signup_founding_remaining",
     "signup_founding_burned",
+    "signup_founding_pooled",
+    "signup_founding_reclaimed_total",
     "signup_processing_duration_seconds_bucket",
     "signup_processing_duration_seconds_sum",
     "signup_processing_duration_seconds_count",
@@ -458,7 +460,7 @@ def live(args):
 
     print("alert states after the load (capacity 20 exhausted, invalid events dead-lettered):")
     expected = {"SignupFoundingExhausted": "active"}
-    expected.update({n: "inactive" for n in ("SignupWorkerDown", "SignupFoundingNearlyExhausted", "SignupFoundingNumberConflict")})
+    expected.update({n: "inactive" for n in ("SignupWorkerDown", "SignupFoundingNearlyExhausted", "SignupFoundingNumberConflict", "SignupFoundingNumbersStuckBurned")})
     if args.rabbitmq:
         expected.update({"SignupDLQGrowing": "active", "SignupNoReadyReplica": "inactive"})
 
@@ -487,6 +489,7 @@ def live(args):
         ("assigned = 20", f"max(signup_founding_assigned{{{w}}})", lambda v: v == 20),
         ("remaining = 0", f"max(signup_founding_remaining{{{w}}})", lambda v: v == 0),
         ("burned = 0", f"max(signup_founding_burned{{{w}}})", lambda v: v == 0),
+        ("pooled = 0", f"max(signup_founding_pooled{{{w}}})", lambda v: v == 0),
         ("unnumbered signups (exhausted) > 0", f"sum(signup_founding_exhausted_total{{{w}}})", lambda v: v > 0),
         ("created > 20", f'sum(signup_events_total{{{w},outcome="created"}})', lambda v: v > 20),
         ("duplicates > 0", f'sum(signup_events_total{{{w},outcome="duplicate"}})', lambda v: v > 0),

@@ -103,15 +103,25 @@ BEGIN
     IF NEW.is_demo THEN
         RETURN NEW;
     END IF;
-    -- Held to the end of the transaction: the reclaimer waits for it (see the file's overview).
-    PERFORM pg_advisory_xact_lock_shared(__K1__, __K2__);
-    DELETE FROM founding_number_pool
-     WHERE number = (SELECT p.number FROM founding_number_pool p
-                      ORDER BY p.number LIMIT 1 FOR UPDATE SKIP LOCKED)
-    RETURNING number INTO pooled;
-    IF pooled IS NOT NULL THEN
-        NEW.founding_member_number := pooled;
-        RETURN NEW;
+    -- Until the pool is found empty, every row takes the numbering lock and looks in the
+    -- pool; after that, the rest of the transaction goes straight to the sequence. That is
+    -- safe: the lock is held to the end of the transaction, and while it is held the
+    -- reclaimer cannot add to the pool (a number another transaction put back by rolling
+    -- back waits for the next transaction). It keeps a 100-row batch's numbering cost at one
+    -- lock and one pool lookup, not a hundred. The flag is a transaction-local setting, so
+    -- it vanishes at commit or rollback, and with a rolled-back subtransaction.
+    IF current_setting('signup_worker.numbering_from', true) IS DISTINCT FROM 'sequence' THEN
+        -- Held to the end of the transaction: the reclaimer waits for it (see the overview).
+        PERFORM pg_advisory_xact_lock_shared(__K1__, __K2__);
+        DELETE FROM founding_number_pool
+         WHERE number = (SELECT p.number FROM founding_number_pool p
+                          ORDER BY p.number LIMIT 1 FOR UPDATE SKIP LOCKED)
+        RETURNING number INTO pooled;
+        IF pooled IS NOT NULL THEN
+            NEW.founding_member_number := pooled;
+            RETURN NEW;
+        END IF;
+        PERFORM set_config('signup_worker.numbering_from', 'sequence', true);
     END IF;
     BEGIN
         NEW.founding_member_number := nextval('founding_member_number_seq');

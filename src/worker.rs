@@ -260,7 +260,9 @@ async fn refresh_gauges(
                         stats
                     }
                     Err(error) => {
-                        debug!(%error, "founding reclaim failed; trying again next tick");
+                        // A missing grant on the pool tables would leave numbers burned for
+                        // good: say so at every attempt, like any refused statement.
+                        warn!(%error, "founding reclaim failed; trying again next tick");
                         stats
                     }
                 };

@@ -9,7 +9,8 @@ use serde::Serialize;
 use crate::amqp::{self, Topology};
 use crate::db::DbTarget;
 use crate::domain::SIGNUP_REQUESTED;
-use crate::store::{self, FoundingStats};
+use crate::founding::FoundingStats;
+use crate::store;
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct QueueDepth {

@@ -45,14 +45,16 @@ const KEPT_HEADER_MAX: usize = 1024;
 /// setting: every replica and publisher must declare the queue with identical arguments.
 pub const QUORUM_DELIVERY_LIMIT: i64 = 50;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueType {
     Quorum,
     Classic,
 }
 
 impl QueueType {
-    fn as_str(self) -> &'static str {
+    pub const ALL: [QueueType; 2] = [QueueType::Quorum, QueueType::Classic];
+
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Quorum => "quorum",
             Self::Classic => "classic",

@@ -55,8 +55,8 @@ pub struct GlobalArgs {
     #[arg(
         long,
         env = "SIGNUP_QUEUE_TYPE",
-        value_enum,
         default_value = "quorum",
+        value_parser = queue_type,
         global = true
     )]
     pub signup_queue_type: QueueType,
@@ -143,6 +143,14 @@ pub struct RunArgs {
     /// Do not apply pending migrations at start
     #[arg(long)]
     pub no_migrate: bool,
+}
+
+/// The transport names its queue types; the command line only parses them.
+fn queue_type(s: &str) -> Result<QueueType, String> {
+    QueueType::ALL
+        .into_iter()
+        .find(|t| t.as_str() == s)
+        .ok_or_else(|| format!("`{s}` is not a queue type: use quorum or classic"))
 }
 
 fn ratio(s: &str) -> Result<f64, String> {

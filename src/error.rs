@@ -6,7 +6,28 @@
 
 use sea_orm::{sqlx, DbErr, RuntimeErr};
 
-use crate::metrics::RetryReason;
+/// Why an attempt is retried (`signup_retries_total{reason}`): the classification's output,
+/// so it lives here and `metrics` only names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    Serialization,
+    Deadlock,
+    DatabaseUnavailable,
+    BrokerUnavailable,
+    Other,
+}
+
+impl RetryReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Serialization => "serialization",
+            Self::Deadlock => "deadlock",
+            Self::DatabaseUnavailable => "database_unavailable",
+            Self::BrokerUnavailable => "broker_unavailable",
+            Self::Other => "other",
+        }
+    }
+}
 
 /// Name of the partial unique index on `founding_member_number` (migration 2).
 pub const FOUNDING_NUMBER_INDEX: &str = "tenants_founding_member_number_key";

@@ -26,6 +26,7 @@ pub mod cli;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod founding;
 pub mod http;
 pub mod metrics;
 pub mod publish;

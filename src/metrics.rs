@@ -9,7 +9,8 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::store::FoundingStats;
+use crate::error::RetryReason;
+use crate::founding::FoundingStats;
 
 const EVENTS: &str = "signup_events_total";
 const CONFLICTS: &str = "signup_conflicts_total";
@@ -66,28 +67,6 @@ impl ConflictKind {
             Self::EventId => "event_id",
             Self::Slug => "slug",
             Self::FoundingNumber => "founding_number",
-        }
-    }
-}
-
-/// `signup_retries_total{reason}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryReason {
-    Serialization,
-    Deadlock,
-    DatabaseUnavailable,
-    BrokerUnavailable,
-    Other,
-}
-
-impl RetryReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Serialization => "serialization",
-            Self::Deadlock => "deadlock",
-            Self::DatabaseUnavailable => "database_unavailable",
-            Self::BrokerUnavailable => "broker_unavailable",
-            Self::Other => "other",
         }
     }
 }

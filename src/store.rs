@@ -24,6 +24,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::domain::{OccurredAt, SignupRequest};
+use crate::founding::FoundingStats;
 
 /// A tenant as stored, with what an outcome event needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,35 +229,6 @@ fn duplicate(req: &SignupRequest, tenant: StoredTenant) -> Resolution {
     }
 }
 
-/// The founding-member programme as the database sees it (contract section 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct FoundingStats {
-    /// The sequence's MAXVALUE.
-    pub capacity: i64,
-    /// The highest number the sequence has handed out (0 before the first).
-    pub position: i64,
-    /// Tenants holding a number.
-    pub assigned: i64,
-    /// Reclaimed numbers waiting for a tenant.
-    pub pooled: i64,
-    /// Numbers whose tenant was deleted: never handed out again.
-    pub retired: i64,
-}
-
-impl FoundingStats {
-    // Clamped at 0: a figure that went negative (a number written by hand past the position,
-    // a capacity lowered behind our back) would only mislead the dashboards and alerts.
-    pub fn remaining(&self) -> i64 {
-        (self.capacity - self.position + self.pooled).max(0)
-    }
-
-    /// Drawn by transactions that have not committed: in flight, or dead and not yet
-    /// reclaimed (contract section 5).
-    pub fn burned(&self) -> i64 {
-        (self.position - self.assigned - self.pooled - self.retired).max(0)
-    }
-}
-
 // pg_sequences.last_value is NULL until the first nextval(), and also whenever the role lacks
 // USAGE and SELECT on the sequence: the privilege check tells the two apart, so that a revoked
 // grant is an error and not a position of 0 (which made `burned` negative). The count reads
@@ -443,25 +415,5 @@ mod tests {
             plan(&[&rejected, &retry_elsewhere], &existing),
             vec![Step::SlugTaken, Step::Insert]
         );
-    }
-
-    #[test]
-    fn stats_arithmetic() {
-        let s = FoundingStats {
-            capacity: 100,
-            position: 10,
-            assigned: 6,
-            pooled: 1,
-            retired: 1,
-        };
-        assert_eq!((s.remaining(), s.burned()), (91, 2));
-        let odd = FoundingStats {
-            capacity: 5,
-            position: 6,
-            assigned: 7,
-            pooled: 0,
-            retired: 0,
-        };
-        assert_eq!((odd.remaining(), odd.burned()), (0, 0), "never negative");
     }
 }

@@ -328,7 +328,7 @@ impl TestEnv {
     }
 
     /// (capacity, position, assigned)
-    pub async fn founding(&self) -> signup_worker::store::FoundingStats {
+    pub async fn founding(&self) -> signup_worker::founding::FoundingStats {
         signup_worker::store::founding_stats(&self.db)
             .await
             .unwrap()

@@ -1,0 +1,386 @@
+//! The two stages of a session: the intake stores batches, the finisher publishes what each
+//! delivery owes and acks the batch.
+//!
+//! - Deliveries are taken in opportunistic batches: the first waits, the rest are whatever the
+//!   channel has already buffered, up to `batch_size`. Under load batches fill up; when idle a
+//!   single event is not held back waiting for company.
+//! - Storing batch k+1 overlaps publishing and acking batch k. Batches leave the second stage
+//!   in delivery order, so each `ack(multiple)` covers exactly its own batch.
+//! - Nothing is acked before its commit and the confirms of what it owes; a crash anywhere
+//!   before the ack means redelivery, which resolves as a duplicate.
+
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions};
+use lapin::types::AMQPValue;
+use lapin::{Channel, Consumer, PublisherConfirm};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::amqp::{self, ATTEMPTS_HEADER, ERROR_HEADER};
+use crate::domain::{SignupRequest, MAX_BODY_BYTES};
+use crate::error::{classify_db, sqlstate, DbFailure, RetryReason};
+use crate::metrics::{self, ConflictKind};
+use crate::store::{self, Resolution};
+
+use super::disposition::{disposition, record, Disposition, Ids, Verdict};
+use super::retry::{backoff, sleep_or_stop, Stopped};
+use super::{SessionError, Worker};
+
+/// Quick in-process attempts of one event (after its batch failed and was split up) before
+/// it is parked in the retry queue.
+const IN_PROCESS_ATTEMPTS: u32 = 3;
+/// First in-process retry delay; doubles per attempt.
+const RETRY_BASE: Duration = Duration::from_millis(100);
+/// On shutdown, how long to wait for deliveries still in flight from the broker after the
+/// consumer is cancelled.
+const DRAIN_IDLE: Duration = Duration::from_millis(300);
+
+/// One delivery on its way through the pipeline, with everything decided about it.
+pub(super) struct InFlight {
+    delivery: Delivery,
+    received: Instant,
+    ids: Ids,
+    disposition: Disposition,
+}
+
+/// A stored batch on its way to the second stage.
+pub(super) struct Committed {
+    items: Vec<InFlight>,
+    store_time: Duration,
+}
+
+impl Worker {
+    /// First stage: takes batches of deliveries and stores them. Returns `Ok` after a clean
+    /// drain on shutdown; dropping `committed` then lets the second stage finish.
+    pub(super) async fn intake(
+        &self,
+        consume_channel: &Channel,
+        consumer: &mut Consumer,
+        committed: mpsc::Sender<Committed>,
+    ) -> Result<(), SessionError> {
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => break,
+                next = consumer.next() => next,
+            };
+            let mut batch = Vec::with_capacity(self.settings.batch_size);
+            let mut ended = false;
+            match first {
+                Some(Ok(d)) => batch.push(d),
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(SessionError::ConsumerCancelled),
+            }
+            while batch.len() < self.settings.batch_size {
+                match futures_lite::future::poll_once(consumer.next()).await {
+                    Some(Some(Ok(d))) => batch.push(d),
+                    Some(Some(Err(_))) | Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let done = self.store_stage(batch).await?;
+            committed
+                .send(done)
+                .await
+                .map_err(|_| SessionError::PipelineClosed)?;
+            if ended {
+                return Err(SessionError::ConsumerCancelled);
+            }
+        }
+
+        // Shutdown: stop the flow, then finish and ack what the broker already sent us.
+        self.health.set_consuming(false);
+        consume_channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await?;
+        let held = drain(consumer).await;
+        if !held.is_empty() {
+            info!(count = held.len(), "finishing deliveries held at shutdown");
+        }
+        let mut held = held.into_iter().peekable();
+        while held.peek().is_some() {
+            let batch: Vec<Delivery> = held.by_ref().take(self.settings.batch_size).collect();
+            let done = self.store_stage(batch).await?;
+            committed
+                .send(done)
+                .await
+                .map_err(|_| SessionError::PipelineClosed)?;
+        }
+        Ok(())
+    }
+
+    /// Second stage: publishes what each committed batch owes, then acks it, in order.
+    pub(super) async fn finish_all(
+        &self,
+        consume_channel: &Channel,
+        publish_channel: &Channel,
+        mut to_finish: mpsc::Receiver<Committed>,
+        frame_max: u32,
+    ) -> Result<(), SessionError> {
+        while let Some(batch) = to_finish.recv().await {
+            self.finish_stage(consume_channel, publish_channel, batch, frame_max)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Parses and stores one batch, and decides what each delivery owes.
+    async fn store_stage(&self, deliveries: Vec<Delivery>) -> Result<Committed, Stopped> {
+        let received = Instant::now();
+        let parsed: Vec<(Delivery, Result<SignupRequest, _>)> = deliveries
+            .into_iter()
+            .map(|d| {
+                let p = SignupRequest::parse(&d.data);
+                (d, p)
+            })
+            .collect();
+        let valid: Vec<&SignupRequest> =
+            parsed.iter().filter_map(|(_, p)| p.as_ref().ok()).collect();
+        let mut stored = self.store_with_retries(&valid).await?.into_iter();
+        let limits = (
+            self.settings.topology.retry_queue(),
+            self.settings.max_deliveries,
+        );
+        let items = parsed
+            .into_iter()
+            .map(|(delivery, parsed)| {
+                let (ids, verdict) = match parsed {
+                    Err(invalid) => (best_effort_ids(&delivery), Verdict::Invalid(invalid)),
+                    Ok(req) => {
+                        let ids = Ids {
+                            event_id: Some(req.event_id.to_string()),
+                            slug: Some(req.slug.to_string()),
+                        };
+                        // `store_with_retries` returns one result per request; were one
+                        // missing, retrying the event later is the safe reading.
+                        let verdict = match stored.next() {
+                            Some(Ok(resolution)) => Verdict::Resolved(resolution),
+                            Some(Err(failure)) => Verdict::Failed(failure),
+                            None => Verdict::Failed(DbFailure::Transient {
+                                reason: RetryReason::Other,
+                                founding_number_conflict: false,
+                            }),
+                        };
+                        (ids, verdict)
+                    }
+                };
+                let prior = amqp::prior_attempts(&delivery.properties, &limits.0, limits.1);
+                let disposition = disposition(&ids, &verdict, prior, limits.1, rand::random());
+                InFlight {
+                    delivery,
+                    received,
+                    ids,
+                    disposition,
+                }
+            })
+            .collect();
+        Ok(Committed {
+            items,
+            store_time: received.elapsed(),
+        })
+    }
+
+    /// Publishes and confirms everything a committed batch owes, acks the batch, then records
+    /// each delivery's disposition.
+    async fn finish_stage(
+        &self,
+        consume_channel: &Channel,
+        publish_channel: &Channel,
+        batch: Committed,
+        frame_max: u32,
+    ) -> Result<(), SessionError> {
+        let Some(last_tag) = batch.items.last().map(|i| i.delivery.delivery_tag) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        self.publish_owed(publish_channel, &batch.items, frame_max)
+            .await?;
+        consume_channel
+            .basic_ack(last_tag, BasicAckOptions { multiple: true })
+            .await?;
+        debug!(
+            events = batch.items.len(),
+            store_ms = batch.store_time.as_millis() as u64,
+            publish_ack_ms = started.elapsed().as_millis() as u64,
+            "batch done"
+        );
+        for item in &batch.items {
+            record(&item.ids, &item.disposition, item.received.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Publishes everything the batch owes, then waits for every confirm. Any failure ends
+    /// the session without acking: the batch comes back and resolves as duplicates.
+    async fn publish_owed(
+        &self,
+        channel: &Channel,
+        items: &[InFlight],
+        frame_max: u32,
+    ) -> Result<(), SessionError> {
+        let topology = &self.settings.topology;
+        let (dlq, retry_queue) = (topology.dead_letter_queue(), topology.retry_queue());
+        let mut pending: Vec<(PublisherConfirm, &str)> = Vec::with_capacity(items.len() * 2);
+        for item in items {
+            let props = &item.delivery.properties;
+            let (copy, outcome) = match &item.disposition {
+                Disposition::Complete { outcome, .. } => (None, Some(outcome)),
+                Disposition::DeadLetter {
+                    reason, outcome, ..
+                } => {
+                    let header = (ERROR_HEADER, AMQPValue::LongString(reason.as_str().into()));
+                    let copy = amqp::copy_properties(props, vec![header], frame_max);
+                    (Some((dlq.as_str(), copy)), outcome.as_ref())
+                }
+                Disposition::RetryLater { attempts, delay } => {
+                    let header = (
+                        ATTEMPTS_HEADER,
+                        AMQPValue::LongLongInt(i64::from(*attempts)),
+                    );
+                    let copy = amqp::copy_properties(props, vec![header], frame_max)
+                        .with_expiration(delay.as_millis().to_string().into());
+                    (Some((retry_queue.as_str(), copy)), None)
+                }
+            };
+            if let Some((queue, copy)) = copy {
+                let data = &item.delivery.data;
+                let c = amqp::publish(channel, "", queue, data, copy, true).await?;
+                pending.push((c, queue));
+            }
+            if let Some(o) = outcome {
+                let c = amqp::publish(
+                    channel,
+                    &topology.exchange,
+                    &o.kind,
+                    &o.body(),
+                    o.properties(),
+                    false,
+                )
+                .await?;
+                pending.push((c, topology.exchange.as_str()));
+            }
+        }
+        for (confirm, target) in pending {
+            amqp::confirmed(confirm, target).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores the batch, holding it through outages and splitting it on any other failure.
+    /// Returns one result per request; an `Err` is an event that failed on its own (its
+    /// content, or a transient error that outlasted the quick attempts).
+    async fn store_with_retries(
+        &self,
+        requests: &[&SignupRequest],
+    ) -> Result<Vec<Result<Resolution, DbFailure>>, Stopped> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match store::store_batch(&self.db, requests).await {
+                Ok(resolutions) => {
+                    self.health.set_database(true);
+                    self.health.set_store_blocked(false);
+                    return Ok(resolutions.into_iter().map(Ok).collect());
+                }
+                Err(error) => error,
+            };
+            let failure = classify_db(&error);
+            if failure.is_outage() {
+                metrics::retry(failure.retry_reason());
+                self.health.set_store_blocked(true);
+                if failure == DbFailure::Unavailable {
+                    self.health.set_database(false);
+                    warn!(%error, attempt, events = requests.len(), "PostgreSQL unavailable; holding the batch until it is back");
+                } else {
+                    // The server's message names the privilege or the object.
+                    error!(%error, sqlstate = sqlstate(&error).unwrap_or_default(), attempt, events = requests.len(),
+                        "PostgreSQL refuses the worker's statements (a missing privilege or object); \
+                         holding the batch until an operator fixes it");
+                }
+                sleep_or_stop(
+                    backoff(attempt, RETRY_BASE, super::OUTAGE_BACKOFF_CAP),
+                    &self.stop,
+                )
+                .await?;
+                // An outage is not the events' fault: it never counts toward giving up.
+                attempt = attempt.min(IN_PROCESS_ATTEMPTS - 1);
+                continue;
+            }
+            self.health.set_store_blocked(false);
+            if let DbFailure::Transient {
+                founding_number_conflict: true,
+                ..
+            } = failure
+            {
+                metrics::conflict(ConflictKind::FoundingNumber);
+            }
+            let permanent = failure.content_reason().is_some();
+            if !permanent {
+                metrics::retry(failure.retry_reason());
+            }
+            warn!(%error, attempt, reason = failure.retry_reason().as_str(), permanent, events = requests.len(), "storing the batch failed");
+            if requests.len() > 1 {
+                // Isolate the event at fault at once: its batch-mates must not wait for it,
+                // and a batch is never retried whole.
+                let mut results = Vec::with_capacity(requests.len());
+                for req in requests {
+                    results.extend(Box::pin(self.store_with_retries(&[*req])).await?);
+                }
+                return Ok(results);
+            }
+            // One event. Its content refused: no retry can help. Otherwise a few quick
+            // attempts here, then the retry queue.
+            if permanent || attempt >= IN_PROCESS_ATTEMPTS {
+                return Ok(vec![Err(failure)]);
+            }
+            sleep_or_stop(
+                backoff(attempt, RETRY_BASE, super::OUTAGE_BACKOFF_CAP),
+                &self.stop,
+            )
+            .await?;
+        }
+    }
+}
+
+/// Deliveries still arriving after the consumer was cancelled.
+async fn drain(consumer: &mut Consumer) -> Vec<Delivery> {
+    let mut held = Vec::new();
+    while let Ok(Some(Ok(d))) = tokio::time::timeout(DRAIN_IDLE, consumer.next()).await {
+        held.push(d);
+    }
+    held
+}
+
+/// For an invalid event's outcome: the body's event id if it is a UUID, else the AMQP
+/// `message_id`; the body's slug if it is a string.
+fn best_effort_ids(delivery: &Delivery) -> Ids {
+    let json: Option<serde_json::Value> = if delivery.data.len() <= MAX_BODY_BYTES {
+        serde_json::from_slice(&delivery.data).ok()
+    } else {
+        None
+    };
+    let body_id = json
+        .as_ref()
+        .and_then(|v| v.get("event_id")?.as_str().map(str::to_owned))
+        .filter(|s| uuid::Uuid::parse_str(s).is_ok());
+    let event_id = body_id.or_else(|| {
+        delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string())
+    });
+    let slug = json
+        .as_ref()
+        .and_then(|v| v.get("tenant")?.get("slug")?.as_str().map(str::to_owned));
+    Ids { event_id, slug }
+}

@@ -8,6 +8,7 @@ mod cli;
 mod concurrency;
 mod faults;
 mod hostile;
+mod in_process;
 mod invalid;
 mod migrations;
 mod outcomes;

@@ -152,11 +152,7 @@ impl DbTarget {
             match admin.execute_unprepared(&sql).await {
                 Ok(_) => tracing::info!(database = %name, "created database"),
                 // Another replica created it between our check and our CREATE.
-                Err(e)
-                    if matches!(
-                        crate::error::sqlstate(&e).as_deref(),
-                        Some("42P04" | "23505")
-                    ) => {}
+                Err(e) if crate::error::is_database_already_created(&e) => {}
                 Err(e) => {
                     return Err(DbSetupError::Migration {
                         server: self.server.clone(),

@@ -172,6 +172,18 @@ pub fn classify_sqlstate(code: Option<&str>, constraint: Option<&str>) -> DbFail
     }
 }
 
+/// `CREATE DATABASE` lost a race with another replica creating the same database (42P04
+/// duplicate_database, or 23505 when both insert into pg_database at once).
+pub fn is_database_already_created(err: &DbErr) -> bool {
+    matches!(sqlstate(err).as_deref(), Some("42P04" | "23505"))
+}
+
+/// `ALTER SEQUENCE ... MAXVALUE` refused because the sequence is already past the new bound
+/// (22023 invalid_parameter_value).
+pub fn is_bound_below_position(err: &DbErr) -> bool {
+    sqlstate(err).as_deref() == Some("22023")
+}
+
 /// The SQLSTATE of a database error, if it is one.
 pub fn sqlstate(err: &DbErr) -> Option<String> {
     match err {

@@ -323,7 +323,7 @@ pub async fn set_capacity(
     // is safe.
     let alter = format!("ALTER SEQUENCE founding_member_number_seq MAXVALUE {capacity}");
     if let Err(e) = txn.execute_unprepared(&alter).await {
-        if crate::error::sqlstate(&e).as_deref() == Some("22023") {
+        if crate::error::is_bound_below_position(&e) {
             let now = founding_stats(db).await?;
             return Err(CapacityError::BelowPosition {
                 requested: capacity,

@@ -44,6 +44,10 @@ async fn run_stores_events_and_returns_on_a_oneshot_shutdown() {
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(env.queue_messages(&env.topology.queue).await, 0);
     env.assert_no_number_burned().await;
-    assert_eq!(env.founding().await.assigned, 20, "demo tenants are not numbered");
+    assert_eq!(
+        env.founding().await.assigned,
+        20,
+        "demo tenants are not numbered"
+    );
     env.cleanup().await;
 }

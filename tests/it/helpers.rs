@@ -178,18 +178,7 @@ impl TestEnv {
         let mut pending = Vec::new();
         for (body, id) in bodies {
             let props = amqp::json_properties().with_message_id(id.as_str().into());
-            pending.push(
-                amqp::publish(
-                    &self.channel,
-                    &self.topology.exchange,
-                    SIGNUP_REQUESTED,
-                    body,
-                    props,
-                    true,
-                )
-                .await
-                .unwrap(),
-            );
+            pending.push(self.send(body, props).await);
         }
         for c in pending {
             amqp::confirmed(c, &self.topology.queue).await.unwrap();
@@ -284,7 +273,13 @@ impl TestEnv {
 
     /// Publishes one message with the given properties to the signup routing key.
     pub async fn publish_with(&self, body: &[u8], props: lapin::BasicProperties) {
-        let c = amqp::publish(
+        let c = self.send(body, props).await;
+        amqp::confirmed(c, &self.topology.queue).await.unwrap();
+    }
+
+    /// Sends one signup message (mandatory, so an unroutable one fails its confirm).
+    async fn send(&self, body: &[u8], props: lapin::BasicProperties) -> lapin::PublisherConfirm {
+        amqp::publish(
             &self.channel,
             &self.topology.exchange,
             SIGNUP_REQUESTED,
@@ -293,8 +288,7 @@ impl TestEnv {
             true,
         )
         .await
-        .unwrap();
-        amqp::confirmed(c, &self.topology.queue).await.unwrap();
+        .unwrap()
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {

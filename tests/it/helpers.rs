@@ -1,8 +1,6 @@
 //! The test harness: a [`TestEnv`] per test (database, exchange, queues, an outcome capture
 //! queue) and [`Worker`] processes of the real binary.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -24,8 +22,40 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_signup-worker");
-pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The servers come from `DATABASE_URL` and `AMQP_URL` when set (the database part of
+/// `DATABASE_URL` is replaced per test), else the local ones of the contract's defaults.
+fn server_url(var: &str, default: &str) -> url::Url {
+    let text = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    url::Url::parse(&text).unwrap_or_else(|e| panic!("{var} for the tests: {e}"))
+}
+
+/// A PostgreSQL URL for database `db` on the test server.
+pub fn pg_url(db: &str) -> String {
+    let mut url = server_url("DATABASE_URL", signup_worker::cli::DEFAULT_DATABASE_URL);
+    url.set_path(db);
+    url.into()
+}
+
+/// [`pg_url`] as another user, with a password if given.
+pub fn pg_url_as(db: &str, user: &str, password: Option<&str>) -> String {
+    let mut url = url::Url::parse(&pg_url(db)).unwrap();
+    url.set_username(user).unwrap();
+    url.set_password(password).unwrap();
+    url.into()
+}
+
+/// The broker URL of the tests.
+pub fn amqp_url() -> String {
+    server_url("AMQP_URL", signup_worker::cli::DEFAULT_AMQP_URL).into()
+}
+
+/// [`amqp_url`] as another user.
+pub fn amqp_url_as(user: &str, password: &str) -> String {
+    let mut url = server_url("AMQP_URL", signup_worker::cli::DEFAULT_AMQP_URL);
+    url.set_username(user).unwrap();
+    url.set_password(Some(password)).unwrap();
+    url.into()
+}
 
 /// Generous: CI machines are small and tests run two at a time.
 pub const DEADLINE: Duration = Duration::from_secs(120);
@@ -71,7 +101,7 @@ impl TestEnv {
     pub async fn with_queue_type(capacity: i32, queue_type: QueueType) -> Self {
         let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
         let db_name = format!("signup_test_{id}");
-        let db_url = format!("{PG_SERVER}/{db_name}");
+        let db_url = pg_url(&db_name);
         let topology = Topology {
             exchange: format!("test.{id}.events"),
             queue: format!("test.{id}.signups"),
@@ -90,7 +120,7 @@ impl TestEnv {
 
         // One connection: the fault tests terminate every other backend of the database.
         let db = DbTarget::parse(&db_url).unwrap().connect(1).await.unwrap();
-        let conn = amqp::connect(AMQP_URL, &format!("test harness {id}"))
+        let conn = amqp::connect(&amqp_url(), &format!("test harness {id}"))
             .await
             .unwrap();
         let channel = amqp::confirm_channel(&conn).await.unwrap();
@@ -133,7 +163,7 @@ impl TestEnv {
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.env("DATABASE_URL", &self.db_url)
-            .env("AMQP_URL", AMQP_URL)
+            .env("AMQP_URL", amqp_url())
             .env("SIGNUP_EXCHANGE", &self.topology.exchange)
             .env("SIGNUP_QUEUE", &self.topology.queue)
             .env(
@@ -308,7 +338,7 @@ impl TestEnv {
     /// Runs a statement from the server's `postgres` database (for what cannot be done from
     /// inside the test database, such as closing it to connections).
     pub async fn execute_as_admin(&self, sql: &str) {
-        let admin = DbTarget::parse(&format!("{PG_SERVER}/postgres"))
+        let admin = DbTarget::parse(&pg_url("postgres"))
             .unwrap()
             .connect(1)
             .await
@@ -388,44 +418,72 @@ impl TestEnv {
             .collect()
     }
 
-    /// Deletes the queues, the exchange and the database.
+    /// Ends the test's use of its resources; the removal itself is in `Drop`, so that a test
+    /// that fails (panics) cleans up as well.
     pub async fn cleanup(self) {
+        drop(self);
+    }
+}
+
+impl Drop for TestEnv {
+    /// Deletes the queues, the exchange and the database, best effort. Drop cannot await and
+    /// may run while a panic unwinds, so the work runs on a thread with a runtime of its own
+    /// and new connections, and the test's thread waits for it.
+    fn drop(&mut self) {
         let t = &self.topology;
-        for q in [
+        let queues = [
             t.queue.clone(),
             t.retry_queue(),
             t.dead_letter_queue(),
             self.outcome_queue.clone(),
-        ] {
-            let _ = self
-                .channel
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = self
-            .channel
-            .exchange_delete(t.exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-        let _ = self.conn.close(200, "".into()).await;
-        let _ = self.db.close().await;
-        let admin = DbTarget::parse(&format!("{PG_SERVER}/postgres"))
-            .unwrap()
-            .connect(1)
-            .await
-            .unwrap();
-        admin
-            .execute_unprepared(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.db_name
-            ))
-            .await
-            .unwrap();
+        ];
+        let exchange = t.exchange.clone();
+        let db_name = self.db_name.clone();
+        let removal = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(conn) = amqp::connect(&amqp_url(), "test cleanup").await {
+                    if let Ok(ch) = conn.create_channel().await {
+                        for q in &queues {
+                            let _ = ch
+                                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                                .await;
+                        }
+                        let _ = ch
+                            .exchange_delete(
+                                exchange.as_str().into(),
+                                ExchangeDeleteOptions::default(),
+                            )
+                            .await;
+                    }
+                    let _ = conn.close(200, "".into()).await;
+                }
+                if let Ok(admin) = DbTarget::parse(&pg_url("postgres"))
+                    .unwrap()
+                    .connect(1)
+                    .await
+                {
+                    let _ = admin
+                        .execute_unprepared(&format!(
+                            "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+                        ))
+                        .await;
+                    let _ = admin.close().await;
+                }
+            });
+        });
+        let _ = removal.join();
     }
 }
 
 /// Drops a login role a test created (after its database is gone, so it owns nothing).
 pub async fn drop_role(role: &str) {
-    let admin = DbTarget::parse(&format!("{PG_SERVER}/postgres"))
+    let admin = DbTarget::parse(&pg_url("postgres"))
         .unwrap()
         .connect(1)
         .await
@@ -506,10 +564,6 @@ impl Worker {
             logs,
             metrics_addr,
         }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     pub fn logs(&self) -> Vec<String> {

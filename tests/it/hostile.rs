@@ -427,11 +427,8 @@ async fn revoked_grants_pause_the_worker_until_granted_again() {
     let env = TestEnv::new(100).await;
     let role = runtime_role(&env).await;
     let mut cmd = env.command();
-    cmd.env(
-        "DATABASE_URL",
-        format!("postgres://{role}@127.0.0.1:5432/{}", env.db_name),
-    )
-    .args(["run", "--no-migrate", "--metrics-addr", "127.0.0.1:0"]);
+    cmd.env("DATABASE_URL", pg_url_as(&env.db_name, &role, None))
+        .args(["run", "--no-migrate", "--metrics-addr", "127.0.0.1:0"]);
     let worker = Worker::spawn_command(cmd);
     worker.wait_ready().await;
 

@@ -12,7 +12,7 @@ async fn run_stores_events_and_returns_on_a_oneshot_shutdown() {
     let env = TestEnv::new(100).await;
     let settings = WorkerSettings {
         database_url: SecretUrl::new(env.db_url.clone()),
-        amqp_url: SecretUrl::new(AMQP_URL),
+        amqp_url: SecretUrl::new(amqp_url()),
         topology: env.topology.clone(),
         max_deliveries: 10,
         prefetch: 300,

@@ -47,8 +47,9 @@ async fn no_password_at_trace_level_in_any_command() {
     let pg_pw = format!("pgPw{}", &env.id[..8]);
     rabbitmqctl(&["add_user", &user, &amqp_pw]);
     rabbitmqctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]);
-    let amqp_url = format!("amqp://{user}:{amqp_pw}@127.0.0.1:5672/%2f");
-    let db_url = format!("postgres://postgres:{pg_pw}@127.0.0.1:5432/{}", env.db_name);
+    let amqp_url = amqp_url_as(&user, &amqp_pw);
+    let admin_user = url::Url::parse(&env.db_url).unwrap().username().to_owned();
+    let db_url = pg_url_as(&env.db_name, &admin_user, Some(&pg_pw));
     let secrets = [amqp_pw.as_str(), pg_pw.as_str()];
 
     let mut all_output = String::new();
@@ -91,10 +92,7 @@ async fn no_password_at_trace_level_in_any_command() {
     // A refused password: the error names the server, not the password tried.
     let out = env
         .command()
-        .env(
-            "AMQP_URL",
-            format!("amqp://{user}:wrong{amqp_pw}@127.0.0.1:5672/%2f"),
-        )
+        .env("AMQP_URL", amqp_url_as(&user, &format!("wrong{amqp_pw}")))
         .env("RUST_LOG", "trace")
         .args(["status"])
         .output()
@@ -188,7 +186,7 @@ async fn mistyped_urls_fail_fast_with_the_password_masked() {
         assert!(!stderr.contains(&pw), "{var} {args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
-    let env_db = DbTarget::parse(&format!("{PG_SERVER}/postgres"))
+    let env_db = DbTarget::parse(&pg_url("postgres"))
         .unwrap()
         .connect(1)
         .await

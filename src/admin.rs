@@ -9,8 +9,7 @@ use serde::Serialize;
 use crate::amqp::{self, Topology};
 use crate::db::DbTarget;
 use crate::domain::SIGNUP_REQUESTED;
-use crate::founding::FoundingStats;
-use crate::store;
+use crate::founding::{self, FoundingStats};
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct QueueDepth {
@@ -107,7 +106,7 @@ pub async fn status(
 ) -> anyhow::Result<StatusReport> {
     let target = DbTarget::parse(database_url)?;
     let db = target.connect(1).await?;
-    let stats = store::founding_stats(&db)
+    let stats = founding::founding_stats(&db)
         .await
         .with_context(|| format!("reading the founding programme on {}", target.server))?;
     let _ = db.close().await;
@@ -128,7 +127,7 @@ pub async fn status(
 pub async fn set_capacity(database_url: &str, capacity: i64) -> anyhow::Result<FoundingStats> {
     let target = DbTarget::parse(database_url)?;
     let db = target.connect(1).await?;
-    let result = store::set_capacity(&db, capacity).await;
+    let result = founding::set_capacity(&db, capacity).await;
     let _ = db.close().await;
     Ok(result?)
 }

@@ -37,10 +37,10 @@ use tracing::{debug, info, warn};
 use crate::amqp::{self, PublishError, Topology};
 use crate::db::DbTarget;
 use crate::error::{classify_db, DbFailure, RetryReason};
+use crate::founding;
 use crate::http::Health;
 use crate::metrics;
 use crate::secrets::{self, SecretUrl};
-use crate::store;
 
 use pipeline::Committed;
 use retry::{sleep_or_stop, Stopped};
@@ -195,11 +195,11 @@ async fn refresh_gauges(
         }
         // Histograms need periodic upkeep when the exporter's own HTTP listener is not used.
         handle.run_upkeep();
-        match store::founding_stats(&db).await {
+        match founding::founding_stats(&db).await {
             Ok(stats) => {
                 let upto = reclaim_upto.unwrap_or(stats.position);
                 reclaim_upto = Some(stats.position);
-                let stats = match store::reclaim(&db, upto).await {
+                let stats = match founding::reclaim(&db, upto).await {
                     Ok(Some(0)) => stats,
                     Ok(Some(n)) => {
                         metrics::founding_reclaimed(n as u64);
@@ -207,7 +207,7 @@ async fn refresh_gauges(
                             reclaimed = n,
                             upto, "burned founding numbers returned to the pool"
                         );
-                        store::founding_stats(&db).await.unwrap_or(stats)
+                        founding::founding_stats(&db).await.unwrap_or(stats)
                     }
                     Ok(None) => {
                         debug!(upto, "founding reclaim: a numbering transaction is still running; trying again next tick");

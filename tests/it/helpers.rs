@@ -353,7 +353,7 @@ impl TestEnv {
 
     /// (capacity, position, assigned)
     pub async fn founding(&self) -> signup_worker::founding::FoundingStats {
-        signup_worker::store::founding_stats(&self.db)
+        signup_worker::founding::founding_stats(&self.db)
             .await
             .unwrap()
     }

@@ -1,0 +1,309 @@
+//! RabbitMQ: connecting, the topology of contract section 2, confirmed publishing, and the
+//! outcome events of contract section 4. The copies the worker publishes itself (dead
+//! letters, retries) are in [`copies`].
+
+use std::time::Duration;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Confirmation, PublisherConfirm};
+use serde::Serialize;
+
+use crate::domain::SIGNUP_REQUESTED;
+
+mod copies;
+
+pub use copies::{copy_properties, int_header, prior_attempts, HEADERS_DROPPED_HEADER};
+
+/// Bounds each one-shot command's wait on an unreachable broker well under 30 s.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub const COMPLETED: &str = "tenant.signup.completed";
+pub const REJECTED: &str = "tenant.signup.rejected";
+
+/// Header carrying why a message was dead-lettered (contract section 4).
+pub const ERROR_HEADER: &str = "x-signup-error";
+/// Header counting the deliveries of an event that ended in a transient error. Written for
+/// people reading the DLQ; read back only from copies that came through our retry queue
+/// (see [`prior_attempts`]).
+pub const ATTEMPTS_HEADER: &str = "x-signup-attempts";
+/// Quorum queues drop or dead-letter a message returned more often than this. It is a guard
+/// against a message that kills its consumer again and again, not our retry policy
+/// (`MAX_DELIVERIES`, counted in [`ATTEMPTS_HEADER`]); it is high because every broker
+/// connection loss also counts one return. RabbitMQ 3.10 sets no default. A constant, not a
+/// setting: every replica and publisher must declare the queue with identical arguments.
+pub const QUORUM_DELIVERY_LIMIT: i64 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    Quorum,
+    Classic,
+}
+
+impl QueueType {
+    pub const ALL: [QueueType; 2] = [QueueType::Quorum, QueueType::Classic];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quorum => "quorum",
+            Self::Classic => "classic",
+        }
+    }
+}
+
+/// Names of the exchange and queues (contract section 2).
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub exchange: String,
+    pub queue: String,
+    pub queue_type: QueueType,
+}
+
+impl Topology {
+    pub fn retry_queue(&self) -> String {
+        format!("{}.retry", self.queue)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.queue)
+    }
+
+    /// Declares exchange, queues and binding. Idempotent; `run` and `publish` both call it so
+    /// that events published before any worker started wait in the queue.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+
+        // Only a message past the quorum delivery limit takes this path; everything we
+        // dead-letter ourselves is published to the DLQ with its reason header.
+        let mut main = self.dead_lettering_to(&self.dead_letter_queue());
+        if self.queue_type == QueueType::Quorum {
+            main.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(QUORUM_DELIVERY_LIMIT),
+            );
+        }
+        self.declare_queue(channel, &self.queue, main).await?;
+        channel
+            .queue_bind(
+                self.queue.as_str().into(),
+                self.exchange.as_str().into(),
+                SIGNUP_REQUESTED.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        // Messages wait here for their per-message expiration (the retry backoff), then are
+        // dead-lettered straight back onto the main queue through the default exchange.
+        let retry = self.dead_lettering_to(&self.queue);
+        self.declare_queue(channel, &self.retry_queue(), retry)
+            .await?;
+        self.declare_queue(channel, &self.dead_letter_queue(), self.queue_args())
+            .await?;
+        Ok(())
+    }
+
+    /// Queue arguments that dead-letter through the default exchange straight into `queue`.
+    fn dead_lettering_to(&self, queue: &str) -> FieldTable {
+        let mut args = self.queue_args();
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(queue.into()),
+        );
+        args
+    }
+
+    fn queue_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(self.queue_type.as_str().into()),
+        );
+        args
+    }
+
+    async fn declare_queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        args: FieldTable,
+    ) -> lapin::Result<()> {
+        channel
+            .queue_declare(name.into(), QueueDeclareOptions::durable(), args)
+            .await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach RabbitMQ at {server}: {reason}")]
+pub struct Unreachable {
+    pub server: String,
+    pub reason: String,
+}
+
+/// Connects with a deadline.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, Unreachable> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let fail = |reason: String| Unreachable {
+        server: crate::secrets::mask(url),
+        reason,
+    };
+    // Parsed here, not by lapin: lapin's parse error quotes the whole URL, password included.
+    let uri = crate::secrets::check_amqp_url(url).map_err(|e| fail(e.problem))?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, props)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(fail(e.to_string())),
+        Err(_) => Err(fail(format!(
+            "no answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// A channel in confirm mode.
+pub async fn confirm_channel(conn: &Connection) -> lapin::Result<Channel> {
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// Properties of a persistent JSON message.
+pub fn json_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+}
+
+/// Sends one message on a confirm channel; await the returned confirm (see [`confirmed`]).
+/// `mandatory` makes an unroutable message come back as a failure instead of vanishing.
+pub async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+    mandatory: bool,
+) -> lapin::Result<PublisherConfirm> {
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory,
+                ..Default::default()
+            },
+            body,
+            properties,
+        )
+        .await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("the broker could not route the message to {0}")]
+    Unroutable(String),
+}
+
+/// Waits for a confirm and turns nacks and returns into errors.
+pub async fn confirmed(confirm: PublisherConfirm, target: &str) -> Result<(), PublishError> {
+    match confirm.await? {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(target.to_owned())),
+        Confirmation::Nack(_) => Err(PublishError::Nacked),
+    }
+}
+
+/// The body of `tenant.signup.completed` / `tenant.signup.rejected` (contract section 4).
+/// Built only from stored or parsed values, so every repeat for one event is identical.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct OutcomeEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub event_id: Option<String>,
+    pub tenant_id: Option<i64>,
+    pub slug: Option<String>,
+    pub founding_member_number: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+}
+
+impl OutcomeEvent {
+    pub fn completed(event_id: &str, tenant_id: i64, slug: &str, number: Option<i32>) -> Self {
+        Self {
+            kind: COMPLETED.into(),
+            event_id: Some(event_id.into()),
+            tenant_id: Some(tenant_id),
+            slug: Some(slug.into()),
+            founding_member_number: number,
+            reason: None,
+        }
+    }
+
+    pub fn rejected(event_id: Option<String>, slug: Option<String>, reason: &str) -> Self {
+        Self {
+            kind: REJECTED.into(),
+            event_id,
+            tenant_id: None,
+            slug,
+            founding_member_number: None,
+            reason: Some(reason.into()),
+        }
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an outcome event always serialises")
+    }
+
+    pub fn properties(&self) -> BasicProperties {
+        let props = json_properties();
+        match &self.event_id {
+            Some(id) => props.with_correlation_id(ShortString::from(id.as_str())),
+            None => props,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_bodies_follow_the_contract() {
+        let done = OutcomeEvent::completed("e1", 7, "acme", Some(3));
+        let v: serde_json::Value = serde_json::from_slice(&done.body()).unwrap();
+        assert_eq!(v["type"], COMPLETED);
+        assert_eq!(v["tenant_id"], 7);
+        assert_eq!(v["founding_member_number"], 3);
+        assert!(v.get("reason").is_none());
+        let no = OutcomeEvent::rejected(None, None, "invalid");
+        let v: serde_json::Value = serde_json::from_slice(&no.body()).unwrap();
+        assert_eq!(v["type"], REJECTED);
+        assert!(v["event_id"].is_null() && v["tenant_id"].is_null() && v["slug"].is_null());
+        assert_eq!(v["reason"], "invalid");
+    }
+}

@@ -2,9 +2,9 @@
 //! metrics and `status` without tying them to each other, and the operations on the
 //! programme itself: reading it, reclaiming burned numbers, changing the bound.
 
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
+
+use crate::store::stmt;
 
 /// The founding-member programme as the database sees it (contract section 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -33,10 +33,6 @@ impl FoundingStats {
     pub fn burned(&self) -> i64 {
         (self.position - self.assigned - self.pooled - self.retired).max(0)
     }
-}
-
-fn stmt(sql: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
 // pg_sequences.last_value is NULL until the first nextval(), and also whenever the role lacks

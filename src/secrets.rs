@@ -110,7 +110,7 @@ pub fn check_database_url(url: &str) -> Result<(), UrlError> {
         ));
     }
     let path = parsed.path().strip_prefix('/').unwrap_or(parsed.path());
-    let name = percent_decode(path);
+    let name = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
     if name.is_empty() {
         return Err(refuse(VAR, url, "names no database (add /database_name)"));
     }
@@ -161,13 +161,6 @@ fn parse(var: &'static str, url: &str, example: &str) -> Result<url::Url, UrlErr
         ),
         e => refuse(var, url, e.to_string()),
     })
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ pub fn plan(requests: &[&SignupRequest], existing: &[StoredTenant]) -> Vec<Step>
     steps
 }
 
-fn stmt(sql: &str, values: Vec<Value>) -> Statement {
+pub(crate) fn stmt(sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 

@@ -12,6 +12,28 @@ use sea_orm_migration::prelude::*;
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
+/// The numbering function as this migration creates it: the sequence alone. Migration 4
+/// replaces it with the pool-aware one, and restores this one when it is rolled back.
+pub(crate) const SEQUENCE_ONLY_NUMBERING: &str = r#"
+CREATE OR REPLACE FUNCTION assign_founding_member_number() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- The application never chooses a number: whatever it sent is replaced here.
+    NEW.founding_member_number := NULL;
+    IF NEW.is_demo THEN
+        RETURN NEW;
+    END IF;
+    BEGIN
+        NEW.founding_member_number := nextval('founding_member_number_seq');
+    EXCEPTION WHEN sequence_generator_limit_exceeded THEN
+        -- 2200H: the programme is full. The tenant is still created, without a number.
+        NEW.founding_member_number := NULL;
+    END;
+    RETURN NEW;
+END
+$$;
+"#;
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -35,26 +57,9 @@ $$;
         );
         let db = manager.get_connection();
         db.execute_unprepared(&create_sequence).await?;
+        db.execute_unprepared(SEQUENCE_ONLY_NUMBERING).await?;
         db.execute_unprepared(
             r#"
-CREATE FUNCTION assign_founding_member_number() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    -- The application never chooses a number: whatever it sent is replaced here.
-    NEW.founding_member_number := NULL;
-    IF NEW.is_demo THEN
-        RETURN NEW;
-    END IF;
-    BEGIN
-        NEW.founding_member_number := nextval('founding_member_number_seq');
-    EXCEPTION WHEN sequence_generator_limit_exceeded THEN
-        -- 2200H: the programme is full. The tenant is still created, without a number.
-        NEW.founding_member_number := NULL;
-    END;
-    RETURN NEW;
-END
-$$;
-
 CREATE TRIGGER tenants_assign_founding_member_number
     BEFORE INSERT ON tenants
     FOR EACH ROW EXECUTE FUNCTION assign_founding_member_number();

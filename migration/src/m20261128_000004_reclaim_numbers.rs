@@ -210,35 +210,21 @@ $$;
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .get_connection()
-            .execute_unprepared(
-                r#"
+        let db = manager.get_connection();
+        db.execute_unprepared(crate::m20261124_000002_founding_numbers::SEQUENCE_ONLY_NUMBERING)
+            .await?;
+        db.execute_unprepared(
+            r#"
 DROP FUNCTION IF EXISTS founding_reclaim(bigint);
 DROP TRIGGER IF EXISTS tenants_retire_founding_member_numbers_on_truncate ON tenants;
 DROP TRIGGER IF EXISTS tenants_retire_founding_member_number ON tenants;
 DROP FUNCTION IF EXISTS retire_founding_member_number();
-CREATE OR REPLACE FUNCTION assign_founding_member_number() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.founding_member_number := NULL;
-    IF NEW.is_demo THEN
-        RETURN NEW;
-    END IF;
-    BEGIN
-        NEW.founding_member_number := nextval('founding_member_number_seq');
-    EXCEPTION WHEN sequence_generator_limit_exceeded THEN
-        NEW.founding_member_number := NULL;
-    END;
-    RETURN NEW;
-END
-$$;
 DROP TABLE IF EXISTS founding_reclaim_state;
 DROP TABLE IF EXISTS founding_number_retired;
 DROP TABLE IF EXISTS founding_number_pool;
 "#,
-            )
-            .await?;
+        )
+        .await?;
         Ok(())
     }
 }

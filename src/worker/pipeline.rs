@@ -143,10 +143,8 @@ impl Worker {
         let valid: Vec<&SignupRequest> =
             parsed.iter().filter_map(|(_, p)| p.as_ref().ok()).collect();
         let mut stored = self.store_with_retries(&valid).await?.into_iter();
-        let limits = (
-            self.settings.topology.retry_queue(),
-            self.settings.max_deliveries,
-        );
+        let retry_queue = self.settings.topology.retry_queue();
+        let max_deliveries = self.settings.max_deliveries;
         let items = parsed
             .into_iter()
             .map(|(delivery, parsed)| {
@@ -170,8 +168,10 @@ impl Worker {
                         (ids, verdict)
                     }
                 };
-                let prior = amqp::prior_attempts(&delivery.properties, &limits.0, limits.1);
-                let disposition = disposition(&ids, &verdict, prior, limits.1, rand::random());
+                let prior =
+                    amqp::prior_attempts(&delivery.properties, &retry_queue, max_deliveries);
+                let disposition =
+                    disposition(&ids, &verdict, prior, max_deliveries, rand::random());
                 InFlight {
                     delivery,
                     received,

@@ -43,6 +43,13 @@ async fn race_300_signups_3_consumers_capacity_50() {
     );
     env.assert_numbering_invariants().await;
     env.assert_no_number_burned().await;
+    // Non-demo tenants past the bound.
+    wait_total(
+        &workers,
+        "signup_founding_exhausted_total",
+        300.0 - 30.0 - 50.0,
+    )
+    .await;
     // All three took part.
     for w in &workers {
         assert!(
@@ -50,12 +57,6 @@ async fn race_300_signups_3_consumers_capacity_50() {
             "an idle replica"
         );
     }
-    let exhausted = total(&workers, "signup_founding_exhausted_total").await;
-    assert_eq!(
-        exhausted,
-        300.0 - 30.0 - 50.0,
-        "non-demo tenants past the bound"
-    );
     drop(workers);
     env.cleanup().await;
 }
@@ -116,14 +117,13 @@ async fn duplicates_sequential_and_concurrent_burn_nothing() {
     env.assert_numbering_invariants().await;
     env.assert_no_number_burned().await;
     assert_eq!(env.founding().await.position, 41);
-    assert_eq!(
-        total(&workers, "signup_events_total{outcome=\"duplicate\"}").await,
-        1.0 + 80.0
-    );
-    assert_eq!(
-        total(&workers, "signup_events_total{outcome=\"created\"}").await,
-        41.0
-    );
+    wait_total(
+        &workers,
+        "signup_events_total{outcome=\"duplicate\"}",
+        1.0 + 80.0,
+    )
+    .await;
+    wait_total(&workers, "signup_events_total{outcome=\"created\"}", 41.0).await;
     drop(workers);
     env.cleanup().await;
 }
@@ -170,10 +170,7 @@ async fn slug_conflicts_reject_without_burning() {
     assert_eq!((completed, slug_taken), (21, 41));
     env.assert_numbering_invariants().await;
     env.assert_no_number_burned().await;
-    assert_eq!(
-        total(&workers, "signup_conflicts_total{kind=\"slug\"}").await,
-        41.0
-    );
+    wait_total(&workers, "signup_conflicts_total{kind=\"slug\"}", 41.0).await;
     assert_eq!(
         total(&workers, "signup_conflicts_total{kind=\"founding_number\"}").await,
         0.0
@@ -217,7 +214,7 @@ async fn exhaustion_creates_unnumbered_tenants() {
         .await,
         7
     );
-    assert_eq!(worker.metric("signup_founding_exhausted_total").await, 7.0);
+    wait_metric(&worker, "signup_founding_exhausted_total", 7.0).await;
     assert_eq!(worker.metric("signup_founding_capacity").await, 5.0);
     assert_eq!(worker.metric("signup_founding_burned").await, 0.0);
     env.assert_numbering_invariants().await;

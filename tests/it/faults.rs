@@ -163,18 +163,13 @@ async fn transient_errors_are_retried_then_dead_lettered() {
             .await
             >= 3.0
     );
-    assert_eq!(
-        worker
-            .metric("signup_events_total{outcome=\"dead_lettered\"}")
-            .await,
-        1.0
-    );
-    assert_eq!(
-        worker
-            .metric("signup_events_total{outcome=\"created\"}")
-            .await,
-        6.0
-    );
+    wait_metric(
+        &worker,
+        "signup_events_total{outcome=\"dead_lettered\"}",
+        1.0,
+    )
+    .await;
+    wait_metric(&worker, "signup_events_total{outcome=\"created\"}", 6.0).await;
     env.assert_numbering_invariants().await;
     env.assert_no_number_burned().await;
     drop(worker);

@@ -654,6 +654,24 @@ impl Drop for Worker {
     }
 }
 
+/// Waits until one worker's series reaches `want`. Events are counted when their batch is
+/// acked, a moment after their outcomes are published, so a test that has seen the outcomes
+/// waits for the counters.
+pub async fn wait_metric(worker: &Worker, series: &str, want: f64) {
+    wait_for(&format!("{series} = {want}"), || async {
+        worker.metric(series).await == want
+    })
+    .await;
+}
+
+/// [`wait_metric`] for the sum over several workers.
+pub async fn wait_total(workers: &[Worker], series: &str, want: f64) {
+    wait_for(&format!("sum of {series} = {want}"), || async {
+        total(workers, series).await == want
+    })
+    .await;
+}
+
 /// Sum of one series over several workers.
 pub async fn total(workers: &[Worker], series: &str) -> f64 {
     let mut sum = 0.0;

@@ -96,20 +96,18 @@ async fn every_invalid_class_is_dead_lettered_and_the_worker_goes_on() {
         dead[6].1
     );
     assert!(worker.is_ready().await, "the worker goes on");
+    // Each delivery is logged and counted when its batch is acked.
+    wait_metric(&worker, "signup_events_total{outcome=\"invalid\"}", 7.0).await;
     // One span per event, with its id, in the JSON log lines.
-    let logged = worker.logs().into_iter().any(|l| {
-        let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_default();
-        v["span"]["name"] == "signup"
-            && v["span"]["event_id"] == "invalid-0"
-            && v["level"] == "WARN"
-    });
-    assert!(logged, "a JSON log line in the event's span");
-    assert_eq!(
-        worker
-            .metric("signup_events_total{outcome=\"invalid\"}")
-            .await,
-        7.0
-    );
+    wait_for("a JSON log line in the event's span", || async {
+        worker.logs().into_iter().any(|l| {
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_default();
+            v["span"]["name"] == "signup"
+                && v["span"]["event_id"] == "invalid-0"
+                && v["level"] == "WARN"
+        })
+    })
+    .await;
     env.assert_no_number_burned().await;
     assert_eq!(env.founding().await.position, 2);
     drop(worker);

@@ -346,7 +346,7 @@ async fn a_deleted_tenants_number_is_retired_never_reissued() {
         status["founding"],
         serde_json::json!({"capacity": 10, "position": 10, "assigned": 9, "pooled": 0, "retired": 1, "burned": 0, "remaining": 0})
     );
-    assert_eq!(worker.metric("signup_founding_exhausted_total").await, 5.0);
+    wait_metric(&worker, "signup_founding_exhausted_total", 5.0).await;
     drop(worker);
     env.cleanup().await;
 }
@@ -372,10 +372,12 @@ async fn exhaustion_with_reclaimed_numbers() {
         .scalar("SELECT count(*) FROM tenants WHERE NOT is_demo AND founding_member_number IS NULL")
         .await;
     assert_eq!(unnumbered, 60);
-    assert_eq!(
-        worker.metric("signup_founding_exhausted_total").await,
-        unnumbered as f64
-    );
+    wait_metric(
+        &worker,
+        "signup_founding_exhausted_total",
+        unnumbered as f64,
+    )
+    .await;
     wait_for("the remaining gauge at 0", || async {
         worker.metric("signup_founding_remaining").await == 0.0
     })

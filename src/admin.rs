@@ -1,6 +1,7 @@
-//! One-shot admin commands: `status`, `founding set-capacity`, `dlq replay`.
+//! One-shot admin commands: `status`, `founding set-capacity`, `founding list`, `dlq replay`.
 
 use anyhow::Context as _;
+use chrono::SecondsFormat;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::Connection;
@@ -9,7 +10,7 @@ use serde::Serialize;
 use crate::amqp::{self, Topology};
 use crate::db::DbTarget;
 use crate::domain::SIGNUP_REQUESTED;
-use crate::founding::{self, FoundingStats};
+use crate::founding::{self, FoundingList, FoundingStats};
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct QueueDepth {
@@ -130,6 +131,69 @@ pub async fn set_capacity(database_url: &str, capacity: i64) -> anyhow::Result<F
     let result = founding::set_capacity(&db, capacity).await;
     let _ = db.close().await;
     Ok(result?)
+}
+
+pub async fn founding_list(database_url: &str) -> anyhow::Result<FoundingList> {
+    let target = DbTarget::parse(database_url)?;
+    let db = target.connect(1).await?;
+    let list = founding::list(&db)
+        .await
+        .with_context(|| format!("reading the founding members on {}", target.server));
+    let _ = db.close().await;
+    list
+}
+
+/// `founding list --csv`: the tenants only (contract section 1), one header line.
+pub fn founding_csv(list: &FoundingList) -> anyhow::Result<String> {
+    let mut out = csv::Writer::from_writer(Vec::new());
+    out.write_record(["number", "slug", "business_name", "created_at"])?;
+    for t in &list.tenants {
+        out.write_record([
+            t.number.to_string(),
+            t.slug.clone(),
+            t.business_name.clone(),
+            t.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        ])?;
+    }
+    Ok(String::from_utf8(out.into_inner()?)?)
+}
+
+/// `founding list` for people: a table, then what no tenant holds.
+pub fn founding_human(list: &FoundingList) -> String {
+    let slug_width = list
+        .tenants
+        .iter()
+        .map(|t| t.slug.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let mut out = format!(
+        "{:>7}  {:<slug_width$}  {:<27}  business name\n",
+        "number", "slug", "created at"
+    );
+    for t in &list.tenants {
+        out += &format!(
+            "{:>7}  {:<slug_width$}  {:<27}  {}\n",
+            t.number,
+            t.slug,
+            t.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            t.business_name
+        );
+    }
+    let numbers = |v: &[i32]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
+        }
+    };
+    out += &format!(
+        "{} numbered tenants; pooled numbers: {}; retired numbers: {}\n",
+        list.tenants.len(),
+        numbers(&list.pooled),
+        numbers(&list.retired)
+    );
+    out
 }
 
 /// Headers that describe a message's past failures; a replayed message starts afresh.

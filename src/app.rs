@@ -26,9 +26,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate(args) => {
             DbTarget::parse(database_url)?
-                .migrate(args.capacity.founding_capacity)
+                .migrate(args.capacity.founding_capacity, &args.grant_to)
                 .await?;
             println!("migrations applied");
+            for role in &args.grant_to {
+                println!("granted role {role} what `run --no-migrate` needs");
+            }
         }
         Command::Run(args) => {
             let handle = metrics::install().context("installing the metrics recorder")?;
@@ -67,6 +70,18 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 stats.position,
                 stats.remaining()
             );
+        }
+        Command::Founding {
+            command: FoundingCommand::List { json, csv },
+        } => {
+            let list = admin::founding_list(database_url).await?;
+            if json {
+                println!("{}", serde_json::to_string(&list)?);
+            } else if csv {
+                print!("{}", admin::founding_csv(&list)?);
+            } else {
+                print!("{}", admin::founding_human(&list));
+            }
         }
         Command::Dlq {
             command: DlqCommand::Replay { limit },

@@ -112,7 +112,7 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct CapacityArg {
     /// Founding-member capacity N, used only when the founding sequence is first created
-    #[arg(long, env = "FOUNDING_CAPACITY", default_value_t = 100, value_parser = clap::value_parser!(i32).range(1..))]
+    #[arg(long, env = "FOUNDING_CAPACITY", default_value_t = migration::DEFAULT_FOUNDING_CAPACITY, value_parser = clap::value_parser!(i32).range(1..))]
     pub founding_capacity: i32,
 }
 
@@ -120,6 +120,10 @@ pub struct CapacityArg {
 pub struct MigrateArgs {
     #[command(flatten)]
     pub capacity: CapacityArg,
+    /// Grant this existing role exactly what `run --no-migrate` needs (no DDL, no ownership);
+    /// repeat for several roles
+    #[arg(long = "grant-to", value_name = "ROLE")]
+    pub grant_to: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -207,6 +211,15 @@ pub struct StatusArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum FoundingCommand {
+    /// List the numbered tenants in number order (number, slug, business name, created at)
+    List {
+        /// Print one JSON object, with the pooled and retired numbers too
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print CSV with a header line
+        #[arg(long)]
+        csv: bool,
+    },
     /// Change the founding-member capacity; refuses to go below the highest number handed out
     SetCapacity {
         /// The new capacity N

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use migration::{Migrator, MigratorTrait, FOUNDING_CAPACITY_SETTING};
+use migration::{schema, Migrator, MigratorTrait, FOUNDING_CAPACITY_SETTING};
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sea_orm::sqlx::ConnectOptions as _;
 use sea_orm::{
@@ -33,6 +33,8 @@ pub enum DbSetupError {
     Unreachable { server: String, cause: DbErr },
     #[error("migration failed on {server}: {cause}")]
     Migration { server: String, cause: DbErr },
+    #[error("cannot grant to role `{role}` on {server}: no such role (create it first, e.g. CREATE ROLE \"{role}\" LOGIN PASSWORD '...'); nothing was granted")]
+    NoSuchRole { server: String, role: String },
 }
 
 /// Parsed connection settings, with a printable name of the server that never shows the
@@ -148,7 +150,7 @@ impl DbTarget {
             .map_err(|e| self.unreachable(e))?
             .is_some();
         if !exists {
-            let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+            let sql = format!("CREATE DATABASE {}", schema::quote_ident(&name));
             match admin.execute_unprepared(&sql).await {
                 Ok(_) => tracing::info!(database = %name, "created database"),
                 // Another replica created it between our check and our CREATE.
@@ -167,8 +169,14 @@ impl DbTarget {
 
     /// `signup-worker migrate`: creates the database if needed, then applies pending
     /// migrations in one transaction that holds an advisory lock, so replicas starting together
-    /// run them once. `founding_capacity` is used only if this run creates the sequence.
-    pub async fn migrate(&self, founding_capacity: i32) -> Result<(), DbSetupError> {
+    /// run them once. `founding_capacity` is used only if this run creates the sequence. Each
+    /// role of `grant_to` gets what `run --no-migrate` needs, in the same transaction: all the
+    /// grants or none.
+    pub async fn migrate(
+        &self,
+        founding_capacity: i32,
+        grant_to: &[String],
+    ) -> Result<(), DbSetupError> {
         self.ensure_database().await?;
         let db = self.connect(1).await?;
         let fail = |cause| DbSetupError::Migration {
@@ -187,10 +195,35 @@ impl DbTarget {
             .await?;
             let pending = Migrator::get_pending_migrations(&txn).await?.len();
             Migrator::up(&txn, None).await?;
+            for role in grant_to {
+                let exists = txn
+                    .query_one(Statement::from_sql_and_values(
+                        DbBackend::Postgres,
+                        "SELECT 1 AS one FROM pg_roles WHERE rolname = $1",
+                        [role.clone().into()],
+                    ))
+                    .await?
+                    .is_some();
+                if !exists {
+                    return Ok(Err(role.clone()));
+                }
+                for grant in schema::runtime_grants(&schema::quote_ident(role)) {
+                    txn.execute_unprepared(&grant).await?;
+                }
+            }
             txn.commit().await?;
-            Ok::<usize, DbErr>(pending)
+            Ok::<_, DbErr>(Ok(pending))
         };
-        let applied = run.await.map_err(fail)?;
+        let applied = run
+            .await
+            .map_err(fail)?
+            .map_err(|role| DbSetupError::NoSuchRole {
+                server: self.server.clone(),
+                role,
+            })?;
+        for role in grant_to {
+            tracing::info!(role = %role, "granted what `run --no-migrate` needs");
+        }
         tracing::info!(applied, database = %self.database(), "migrations are up to date");
         let _ = db.close().await;
         Ok(())

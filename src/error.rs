@@ -4,6 +4,7 @@
 //! message text. sea-orm's own `DbErr::sql_err()` knows only 23505 and 23503, so the code is
 //! reached through the underlying sqlx database error.
 
+use migration::schema::{EVENT_ID_KEY, FOUNDING_NUMBER_INDEX, SLUG_KEY};
 use sea_orm::{sqlx, DbErr, RuntimeErr};
 
 /// Why an attempt is retried (`signup_retries_total{reason}`): the classification's output,
@@ -29,11 +30,9 @@ impl RetryReason {
     }
 }
 
-/// Name of the partial unique index on `founding_member_number` (migration 2).
-pub const FOUNDING_NUMBER_INDEX: &str = "tenants_founding_member_number_key";
-/// The unique constraints on the natural keys (migration 1). The signup locks keep both from
-/// firing; if one does (a row written by hand), a retry re-reads and resolves the event.
-const NATURAL_KEY_CONSTRAINTS: [&str; 2] = ["tenants_event_id_key", "tenants_slug_key"];
+/// The unique constraints on the natural keys. The signup locks keep both from firing; if one
+/// does (a row written by hand), a retry re-reads and resolves the event.
+const NATURAL_KEY_CONSTRAINTS: [&str; 2] = [EVENT_ID_KEY, SLUG_KEY];
 
 /// What a failed storage attempt means for the events it carried.
 #[derive(Debug, Clone, PartialEq, Eq)]

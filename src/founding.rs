@@ -2,7 +2,14 @@
 //! metrics and `status` without tying them to each other, and the operations on the
 //! programme itself: reading it, reclaiming burned numbers, changing the bound.
 
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, TransactionTrait};
+use chrono::{DateTime, Utc};
+use entity::prelude::{FoundingNumberPool, FoundingNumberRetired, Tenants};
+use entity::{founding_number_pool, founding_number_retired, tenants};
+use migration::schema::{FOUNDING_SEQUENCE, POOL, RECLAIM_FUNCTION, RETIRED, TENANTS};
+use sea_orm::{
+    AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    FromQueryResult, IsolationLevel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
 
 use crate::store::stmt;
 
@@ -35,42 +42,57 @@ impl FoundingStats {
     }
 }
 
+/// One row of [`stats_sql`]: `position` is NULL when the role may not read the sequence.
+#[derive(Debug, FromQueryResult)]
+struct StatsRow {
+    capacity: i64,
+    position: Option<i64>,
+    assigned: i64,
+    pooled: i64,
+    retired: i64,
+}
+
+// Raw SQL because it reads the pg_sequences catalog, and in one statement so that the five
+// figures come from one snapshot.
+//
 // pg_sequences.last_value is NULL until the first nextval(), and also whenever the role lacks
 // USAGE and SELECT on the sequence: the privilege check tells the two apart, so that a revoked
 // grant is an error and not a position of 0 (which made `burned` negative). The count reads
 // only the partial unique index, which holds at most `capacity` entries.
-const STATS_SQL: &str = "SELECT s.max_value::bigint AS capacity, \
+fn stats_sql() -> String {
+    format!(
+        "SELECT s.max_value::bigint AS capacity, \
             CASE WHEN has_sequence_privilege(format('%I.%I', s.schemaname, s.sequencename), 'USAGE,SELECT') \
                  THEN coalesce(s.last_value, 0) END::bigint AS position, \
-            (SELECT count(*) FROM tenants WHERE founding_member_number IS NOT NULL)::bigint AS assigned, \
-            (SELECT count(*) FROM founding_number_pool)::bigint AS pooled, \
-            (SELECT count(*) FROM founding_number_retired)::bigint AS retired \
-     FROM pg_sequences s \
-     WHERE s.schemaname = current_schema() AND s.sequencename = 'founding_member_number_seq'";
+            (SELECT count(*) FROM {TENANTS} WHERE founding_member_number IS NOT NULL)::bigint AS assigned, \
+            (SELECT count(*) FROM {POOL})::bigint AS pooled, \
+            (SELECT count(*) FROM {RETIRED})::bigint AS retired \
+         FROM pg_sequences s \
+         WHERE s.schemaname = current_schema() AND s.sequencename = $1"
+    )
+}
 
 pub async fn founding_stats(db: &impl ConnectionTrait) -> Result<FoundingStats, DbErr> {
-    let row = db
-        .query_one(stmt(STATS_SQL, vec![]))
+    let row = StatsRow::find_by_statement(stmt(&stats_sql(), vec![FOUNDING_SEQUENCE.into()]))
+        .one(db)
         .await?
         .ok_or_else(|| {
-            DbErr::Custom(
-                "founding_member_number_seq does not exist: run `signup-worker migrate`".into(),
-            )
+            DbErr::Custom(format!(
+                "{FOUNDING_SEQUENCE} does not exist: run `signup-worker migrate`"
+            ))
         })?;
-    let position: Option<i64> = row.try_get("", "position")?;
-    let position = position.ok_or_else(|| {
-        DbErr::Custom(
-            "permission denied for sequence founding_member_number_seq: the role needs USAGE \
-             and SELECT on it"
-                .into(),
-        )
+    let position = row.position.ok_or_else(|| {
+        DbErr::Custom(format!(
+            "permission denied for sequence {FOUNDING_SEQUENCE}: the role needs USAGE and \
+             SELECT on it"
+        ))
     })?;
     Ok(FoundingStats {
-        capacity: row.try_get("", "capacity")?,
+        capacity: row.capacity,
         position,
-        assigned: row.try_get("", "assigned")?,
-        pooled: row.try_get("", "pooled")?,
-        retired: row.try_get("", "retired")?,
+        assigned: row.assigned,
+        pooled: row.pooled,
+        retired: row.retired,
     })
 }
 
@@ -81,12 +103,8 @@ pub async fn founding_stats(db: &impl ConnectionTrait) -> Result<FoundingStats, 
 pub async fn reclaim(db: &impl TransactionTrait, upto: i64) -> Result<Option<i64>, DbErr> {
     // Its own transaction: the exclusive lock must be released as soon as it is done.
     let txn = db.begin().await?;
-    let row = txn
-        .query_one(stmt(
-            "SELECT founding_reclaim($1)::bigint AS reclaimed",
-            vec![upto.into()],
-        ))
-        .await?;
+    let sql = format!("SELECT {RECLAIM_FUNCTION}($1)::bigint AS reclaimed");
+    let row = txn.query_one(stmt(&sql, vec![upto.into()])).await?;
     txn.commit().await?;
     match row {
         Some(row) => row.try_get("", "reclaimed"),
@@ -127,7 +145,7 @@ pub async fn set_capacity(
     let txn = db.begin().await?;
     // `capacity` is a checked integer, so formatting it into DDL (which takes no parameters)
     // is safe.
-    let alter = format!("ALTER SEQUENCE founding_member_number_seq MAXVALUE {capacity}");
+    let alter = format!("ALTER SEQUENCE {FOUNDING_SEQUENCE} MAXVALUE {capacity}");
     if let Err(e) = txn.execute_unprepared(&alter).await {
         if crate::error::is_bound_below_position(&e) {
             let now = founding_stats(db).await?;
@@ -141,6 +159,60 @@ pub async fn set_capacity(
     let after = founding_stats(&txn).await?;
     txn.commit().await?;
     Ok(after)
+}
+
+/// One numbered tenant, as `founding list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, FromQueryResult)]
+pub struct NumberedTenant {
+    pub number: i32,
+    pub slug: String,
+    pub business_name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `founding list`: the numbered tenants in number order, and the numbers no tenant holds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FoundingList {
+    pub tenants: Vec<NumberedTenant>,
+    /// Reclaimed, waiting for a tenant, lowest first.
+    pub pooled: Vec<i32>,
+    /// Held by a tenant that was deleted; never handed out again.
+    pub retired: Vec<i32>,
+}
+
+/// Reads the list in one read-only REPEATABLE READ transaction, so that the three parts agree
+/// (a number moving from the pool to a tenant meanwhile is never shown twice or not at all).
+pub async fn list(db: &impl TransactionTrait) -> Result<FoundingList, DbErr> {
+    let txn = db
+        .begin_with_config(
+            Some(IsolationLevel::RepeatableRead),
+            Some(AccessMode::ReadOnly),
+        )
+        .await?;
+    use tenants::Column;
+    let tenants = Tenants::find()
+        .select_only()
+        .column_as(Column::FoundingMemberNumber, "number")
+        .columns([Column::Slug, Column::BusinessName, Column::CreatedAt])
+        .filter(Column::FoundingMemberNumber.is_not_null())
+        .order_by_asc(Column::FoundingMemberNumber)
+        .into_model::<NumberedTenant>()
+        .all(&txn)
+        .await?;
+    let pooled = FoundingNumberPool::find()
+        .order_by_asc(founding_number_pool::Column::Number)
+        .all(&txn)
+        .await?;
+    let retired = FoundingNumberRetired::find()
+        .order_by_asc(founding_number_retired::Column::Number)
+        .all(&txn)
+        .await?;
+    txn.commit().await?;
+    Ok(FoundingList {
+        tenants,
+        pooled: pooled.into_iter().map(|p| p.number).collect(),
+        retired: retired.into_iter().map(|r| r.number).collect(),
+    })
 }
 
 #[cfg(test)]

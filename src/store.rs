@@ -17,16 +17,19 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use entity::tenants;
+use migration::schema::{LOCK_KEYS_FUNCTION, TENANTS};
+use sea_orm::sea_query::{Expr, PgFunc};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, Statement,
-    TransactionTrait, Value,
+    Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    QueryFilter, QuerySelect, Statement, TransactionTrait, Value,
 };
 use uuid::Uuid;
 
 use crate::domain::{OccurredAt, SignupRequest};
 
 /// A tenant as stored, with what an outcome event needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
 pub struct StoredTenant {
     pub id: i64,
     pub event_id: Uuid,
@@ -98,35 +101,57 @@ pub(crate) fn stmt(sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
-const LOCK_SQL: &str = "SELECT signup_lock_keys($1::uuid[], $2::text[])";
+/// The batch's signup locks (see migration 3): a function, so raw SQL.
+fn lock_sql() -> String {
+    format!("SELECT {LOCK_KEYS_FUNCTION}($1::uuid[], $2::text[])")
+}
 
-const EXISTING_SQL: &str = "SELECT id, event_id, slug, is_demo, founding_member_number \
-     FROM tenants WHERE event_id = ANY($1::uuid[]) OR slug = ANY($2::text[])";
-
-// `unnest` yields the rows in array order, which is delivery order: the trigger numbers the
-// batch's tenants in the order their events arrived.
+// Raw SQL because the batch goes in as arrays that `unnest` turns into rows, one statement
+// whatever the batch size. `unnest` yields the rows in array order, which is delivery order:
+// the trigger numbers the batch's tenants in the order their events arrived.
 //
 // Every value is bound with its column's own type (no text casts in the statement), so a value
 // PostgreSQL cannot hold fails when the parameters are bound, before the trigger has drawn a
 // number for any row. `occurred_at` travels as a timestamptz[] plus a "known" mask because the
 // driver cannot bind NULL elements in a timestamptz[].
-const INSERT_SQL: &str = "INSERT INTO tenants \
-     (event_id, slug, business_name, owner_email, tier, is_demo, occurred_at) \
-     SELECT u.event_id, u.slug, u.business_name, u.owner_email, u.tier, u.is_demo, \
-            CASE WHEN u.occurred_known THEN u.occurred_at END \
-     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[], \
-                 $7::timestamptz[], $8::bool[]) \
-          AS u(event_id, slug, business_name, owner_email, tier, is_demo, occurred_at, occurred_known) \
-     RETURNING id, event_id, slug, is_demo, founding_member_number";
+fn insert_sql() -> String {
+    format!(
+        "INSERT INTO {TENANTS} \
+         (event_id, slug, business_name, owner_email, tier, is_demo, occurred_at) \
+         SELECT u.event_id, u.slug, u.business_name, u.owner_email, u.tier, u.is_demo, \
+                CASE WHEN u.occurred_known THEN u.occurred_at END \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[], \
+                     $7::timestamptz[], $8::bool[]) \
+              AS u(event_id, slug, business_name, owner_email, tier, is_demo, occurred_at, occurred_known) \
+         RETURNING id, event_id, slug, is_demo, founding_member_number"
+    )
+}
 
-fn tenant_from_row(row: &QueryResult) -> Result<StoredTenant, DbErr> {
-    Ok(StoredTenant {
-        id: row.try_get("", "id")?,
-        event_id: row.try_get("", "event_id")?,
-        slug: row.try_get("", "slug")?,
-        is_demo: row.try_get("", "is_demo")?,
-        founding_member_number: row.try_get("", "founding_member_number")?,
-    })
+/// The stored rows that share an event id or a slug with the batch. `= ANY(array)` keeps it
+/// one prepared statement whatever the batch size (an IN list would be one per size).
+async fn stored_rows(
+    txn: &impl ConnectionTrait,
+    event_ids: Vec<Uuid>,
+    slugs: Vec<String>,
+) -> Result<Vec<StoredTenant>, DbErr> {
+    use tenants::Column;
+    tenants::Entity::find()
+        .select_only()
+        .columns([
+            Column::Id,
+            Column::EventId,
+            Column::Slug,
+            Column::IsDemo,
+            Column::FoundingMemberNumber,
+        ])
+        .filter(
+            Condition::any()
+                .add(Expr::col(Column::EventId).eq(PgFunc::any(Expr::val(event_ids))))
+                .add(Expr::col(Column::Slug).eq(PgFunc::any(Expr::val(slugs)))),
+        )
+        .into_model::<StoredTenant>()
+        .all(txn)
+        .await
 }
 
 /// Stores a batch in one transaction and says, per request and in order, what happened.
@@ -147,16 +172,11 @@ pub async fn store_batch(
 
     let txn = db.begin().await?;
     txn.execute(stmt(
-        LOCK_SQL,
+        &lock_sql(),
         vec![event_ids.clone().into(), slugs.clone().into()],
     ))
     .await?;
-    let existing = txn
-        .query_all(stmt(EXISTING_SQL, vec![event_ids.into(), slugs.into()]))
-        .await?
-        .iter()
-        .map(tenant_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
+    let existing = stored_rows(&txn, event_ids, slugs).await?;
 
     let steps = plan(requests, &existing);
     let new: Vec<&SignupRequest> = requests
@@ -190,8 +210,8 @@ pub async fn store_batch(
                 .collect::<Vec<bool>>()
                 .into(),
         ];
-        for row in txn.query_all(stmt(INSERT_SQL, values)).await? {
-            let t = tenant_from_row(&row)?;
+        for row in txn.query_all(stmt(&insert_sql(), values)).await? {
+            let t = StoredTenant::from_query_result(&row, "")?;
             inserted.insert(t.event_id, t);
         }
     }

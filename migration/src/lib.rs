@@ -10,6 +10,7 @@ mod m20261124_000001_create_tenants;
 mod m20261124_000002_founding_numbers;
 mod m20261124_000003_signup_locks;
 mod m20261128_000004_reclaim_numbers;
+pub mod schema;
 
 pub use m20261128_000004_reclaim_numbers::NUMBERING_LOCK;
 

@@ -153,7 +153,7 @@ async fn connect_database(
         attempt += 1;
         let result = async {
             if settings.migrate {
-                target.migrate(settings.founding_capacity).await?;
+                target.migrate(settings.founding_capacity, &[]).await?;
             }
             target.connect(DB_POOL_SIZE).await
         }

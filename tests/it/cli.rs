@@ -30,6 +30,7 @@ fn every_subcommand_has_help() {
         &["publish", "--help"],
         &["status", "--help"],
         &["founding", "set-capacity", "--help"],
+        &["founding", "list", "--help"],
         &["dlq", "replay", "--help"],
     ] {
         let (ok, stdout, _, _) = run(sub, &[]);
@@ -60,6 +61,7 @@ fn a_bad_flag_is_named_and_fails() {
         &["publish", "--duplicates", "7"],
         &["status", "--jsn"],
         &["founding", "set-capacity", "lots"],
+        &["founding", "list", "--json", "--csv"],
     ] {
         let (ok, _, stderr, _) = run(args, &[]);
         assert!(!ok, "{args:?}");
@@ -82,6 +84,7 @@ fn one_shot_commands_fail_fast_on_unreachable_servers() {
             no_pg,
             "PostgreSQL at 127.0.0.1:1",
         ),
+        (&["founding", "list"], no_pg, "PostgreSQL at 127.0.0.1:1"),
         (
             &["publish", "--count", "1"],
             no_mq,

@@ -8,13 +8,18 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use entity::prelude::Tenants;
+use entity::tenants;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement,
+};
 use signup_worker::amqp::{self, OutcomeEvent, QueueType, Topology};
 use signup_worker::db::DbTarget;
 use signup_worker::domain::{signup_body, Tier, SIGNUP_REQUESTED};
@@ -348,7 +353,8 @@ impl TestEnv {
     }
 
     pub async fn tenant_count(&self) -> i64 {
-        self.scalar("SELECT count(*) FROM tenants").await
+        let n = Tenants::find().count(&self.db).await.unwrap();
+        i64::try_from(n).unwrap()
     }
 
     /// (capacity, position, assigned)
@@ -362,23 +368,19 @@ impl TestEnv {
     /// a demo tenant, and the sequence position equal to assigned + burned.
     pub async fn assert_numbering_invariants(&self) {
         let stats = self.founding().await;
-        let dup = self
-            .scalar("SELECT count(*) FROM (SELECT founding_member_number FROM tenants WHERE founding_member_number IS NOT NULL GROUP BY 1 HAVING count(*) > 1) d")
-            .await;
-        assert_eq!(dup, 0, "duplicate founding numbers");
-        let out_of_range = self
-            .scalar(&format!(
-                "SELECT count(*) FROM tenants WHERE founding_member_number < 1 OR founding_member_number > {}",
+        let mut seen = std::collections::HashSet::new();
+        for t in Tenants::find().all(&self.db).await.unwrap() {
+            let Some(n) = t.founding_member_number else {
+                continue;
+            };
+            assert!(seen.insert(n), "duplicate founding number {n}");
+            assert!(
+                (1..=stats.capacity).contains(&i64::from(n)),
+                "number {n} outside 1..{}",
                 stats.capacity
-            ))
-            .await;
-        assert_eq!(out_of_range, 0, "numbers outside 1..capacity");
-        let demo = self
-            .scalar(
-                "SELECT count(*) FROM tenants WHERE is_demo AND founding_member_number IS NOT NULL",
-            )
-            .await;
-        assert_eq!(demo, 0, "a demo tenant got a number");
+            );
+            assert!(!t.is_demo, "demo tenant {} got number {n}", t.slug);
+        }
         assert!(stats.position <= stats.capacity);
         assert!(stats.assigned <= stats.position);
     }
@@ -406,16 +408,15 @@ impl TestEnv {
 
     /// The numbers held by tenants, in order.
     pub async fn numbers_in_use(&self) -> Vec<i32> {
-        self.db
-            .query_all(Statement::from_string(
-                DbBackend::Postgres,
-                "SELECT founding_member_number FROM tenants WHERE founding_member_number IS NOT NULL ORDER BY 1",
-            ))
+        Tenants::find()
+            .select_only()
+            .column(tenants::Column::FoundingMemberNumber)
+            .filter(tenants::Column::FoundingMemberNumber.is_not_null())
+            .order_by_asc(tenants::Column::FoundingMemberNumber)
+            .into_tuple::<i32>()
+            .all(&self.db)
             .await
             .unwrap()
-            .iter()
-            .map(|r| r.try_get_by_index::<i32>(0).unwrap())
-            .collect()
     }
 
     /// Ends the test's use of its resources; the removal itself is in `Drop`, so that a test

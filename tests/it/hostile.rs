@@ -3,6 +3,7 @@
 //! password.
 
 use lapin::types::{AMQPValue, FieldTable};
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 use signup_worker::amqp::{self, QueueType};
 use uuid::Uuid;
@@ -376,25 +377,68 @@ async fn forged_attempt_headers_neither_loop_nor_expire_dead_letters() {
     env.cleanup().await;
 }
 
-/// Grants a fresh login role exactly what `run --no-migrate` uses; returns its name.
+/// A fresh login role given what `run --no-migrate` uses, by `migrate --grant-to`.
 async fn runtime_role(env: &TestEnv) -> String {
     let role = format!("rt_{}", env.id);
     env.execute_as_admin(&format!("CREATE ROLE {role} LOGIN"))
         .await;
-    env.execute(&format!(
-        "GRANT CONNECT ON DATABASE {db} TO {role};
-         GRANT USAGE ON SCHEMA public TO {role};
-         GRANT SELECT, INSERT ON tenants TO {role};
-         GRANT USAGE, SELECT ON SEQUENCE founding_member_number_seq TO {role};
-         GRANT EXECUTE ON FUNCTION signup_lock_keys(uuid[], text[]) TO {role};
-         GRANT SELECT, UPDATE, DELETE ON founding_number_pool TO {role};
-         GRANT INSERT, SELECT ON founding_number_pool, founding_number_retired TO {role};
-         GRANT SELECT, UPDATE ON founding_reclaim_state TO {role};
-         GRANT EXECUTE ON FUNCTION founding_reclaim(bigint) TO {role};",
-        db = env.db_name
-    ))
-    .await;
+    let out = env.run_ok(&["migrate", "--grant-to", &role]);
+    assert!(out.contains(&format!("granted role {role}")), "{out}");
     role
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_grant_to_gives_what_run_needs_and_nothing_more() {
+    let env = TestEnv::new(100).await;
+    let role = runtime_role(&env).await;
+    // Idempotent: granting again is fine.
+    env.run_ok(&["migrate", "--grant-to", &role]);
+    let as_role = sea_orm::Database::connect(pg_url_as(&env.db_name, &role, None))
+        .await
+        .unwrap();
+    for refused in [
+        "DELETE FROM tenants",
+        "UPDATE tenants SET tier = 'growth'",
+        "TRUNCATE tenants",
+        "ALTER SEQUENCE founding_member_number_seq MAXVALUE 1000",
+        // PostgreSQL 15 and later: PUBLIC may no longer create in the public schema.
+        "CREATE TABLE intruder (x int)",
+        "DROP TABLE founding_number_retired",
+        "DELETE FROM founding_number_retired",
+    ] {
+        let err = as_role
+            .execute_unprepared(refused)
+            .await
+            .expect_err(refused)
+            .to_string();
+        assert!(
+            err.contains("permission denied") || err.contains("must be owner"),
+            "{refused}: {err}"
+        );
+    }
+    let _ = as_role.close().await;
+
+    // An unknown role: one clear error line, a non-zero exit, nothing granted.
+    let out = env
+        .command()
+        .args([
+            "migrate",
+            "--grant-to",
+            "no_such_role_x",
+            "--grant-to",
+            &role,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot grant to role `no_such_role_x`") && stderr.contains("no such role"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    env.cleanup().await;
+    drop_role(&role).await;
 }
 
 async fn wait_error_lines(worker: &Worker, needle: &str, n: usize) {

@@ -1,8 +1,10 @@
 //! Migrations up, down, up; concurrent `migrate` runs; capacity from the flag.
 
+use entity::prelude::{FoundingNumberPool, FoundingNumberRetired, Tenants};
 use entity::tenants;
+use migration::schema;
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityName, EntityTrait, QueryFilter};
 
 use crate::helpers::*;
 
@@ -91,5 +93,50 @@ async fn concurrent_migrate_runs_are_safe_and_idempotent() {
     // A later run with another capacity does not change it: it applies only at creation.
     env.run_ok(&["migrate", "--founding-capacity", "50"]);
     assert_eq!(env.founding().await.capacity, 9);
+    env.cleanup().await;
+}
+
+/// Every name `migration::schema` exports (the only place outside the migrations that spells
+/// them) names an object the migrations created, and the entities map the same tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_names_exist_after_migrating() {
+    let env = TestEnv::new(5).await;
+    let relations = [
+        (schema::TENANTS, "r"),
+        (schema::FOUNDING_SEQUENCE, "S"),
+        (schema::FOUNDING_NUMBER_INDEX, "i"),
+        (schema::POOL, "r"),
+        (schema::RETIRED, "r"),
+        (schema::RECLAIM_STATE, "r"),
+    ];
+    for (name, kind) in relations {
+        let found = env
+            .scalar(&format!(
+                "SELECT count(*) FROM pg_class WHERE relname = '{name}' AND relkind = '{kind}'"
+            ))
+            .await;
+        assert_eq!(found, 1, "{name} ({kind})");
+    }
+    for constraint in [schema::EVENT_ID_KEY, schema::SLUG_KEY] {
+        let found = env
+            .scalar(&format!(
+                "SELECT count(*) FROM pg_constraint WHERE conname = '{constraint}' AND contype = 'u'"
+            ))
+            .await;
+        assert_eq!(found, 1, "{constraint}");
+    }
+    for function in [schema::LOCK_KEYS_FUNCTION, schema::RECLAIM_FUNCTION] {
+        let found = env
+            .scalar(&format!(
+                "SELECT count(*) FROM pg_proc WHERE proname = '{function}'"
+            ))
+            .await;
+        assert_eq!(found, 1, "{function}");
+    }
+    assert_eq!(Tenants.table_name(), schema::TENANTS);
+    assert_eq!(FoundingNumberPool.table_name(), schema::POOL);
+    assert_eq!(FoundingNumberRetired.table_name(), schema::RETIRED);
+    // And the default capacity is the one `migrate` uses when told nothing.
+    assert_eq!(migration::DEFAULT_FOUNDING_CAPACITY, 100);
     env.cleanup().await;
 }

@@ -160,3 +160,71 @@ async fn classic_queues_work_the_same() {
     drop(worker);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn founding_list_shows_the_numbered_tenants_in_order_in_three_forms() {
+    let env = TestEnv::new(10).await;
+    let tricky = signup_worker::domain::signup_body(
+        uuid::Uuid::new_v4(),
+        "list-tricky",
+        "Smith, \"Jones\" & Co",
+        "owner@tricky.example",
+        signup_worker::domain::Tier::Growth,
+        false,
+    );
+    env.publish_many(&[
+        event("list-a", false),
+        event("list-demo", true),
+        (tricky, uuid::Uuid::new_v4().to_string()),
+        event("list-c", false),
+    ])
+    .await;
+    let worker = env.spawn_worker(&[]);
+    env.wait_outcomes(4).await;
+    // A deleted tenant's number is retired, and shows as such.
+    env.execute("DELETE FROM tenants WHERE slug = 'list-a'")
+        .await;
+
+    let list: serde_json::Value =
+        serde_json::from_str(&env.run_ok(&["founding", "list", "--json"])).unwrap();
+    let tenants = list["tenants"].as_array().unwrap();
+    let rows: Vec<(i64, &str, &str)> = tenants
+        .iter()
+        .map(|t| {
+            (
+                t["number"].as_i64().unwrap(),
+                t["slug"].as_str().unwrap(),
+                t["business_name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (2, "list-tricky", "Smith, \"Jones\" & Co"),
+            (3, "list-c", "Business list-c"),
+        ],
+        "number order, demo tenants absent"
+    );
+    assert!(tenants[0]["created_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(list["pooled"], serde_json::json!([]));
+    assert_eq!(list["retired"], serde_json::json!([1]));
+
+    let csv = env.run_ok(&["founding", "list", "--csv"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "number,slug,business_name,created_at");
+    assert!(
+        lines[1].starts_with("2,list-tricky,\"Smith, \"\"Jones\"\" & Co\","),
+        "{csv}"
+    );
+    assert_eq!(lines.len(), 3);
+
+    let human = env.run_ok(&["founding", "list"]);
+    assert!(
+        human.contains("list-c") && human.contains("Business list-c"),
+        "{human}"
+    );
+    assert!(human.contains("2 numbered tenants; pooled numbers: none; retired numbers: 1"));
+    drop(worker);
+    env.cleanup().await;
+}

@@ -144,7 +144,8 @@ def structure(args):
                 (any(w != "$__rate_interval" for w in re.findall(r"\[([^\]]*)\]", expr)), "a range other than [$__rate_interval]"),
                 (names - KNOWN, f"metrics nobody exports {sorted(names - KNOWN)}"),
                 (names & WORKER_METRICS and not re.search(r'job=~?"\$job"', expr), 'worker series not filtered by job=~"$job"'),
-                (names & RABBITMQ_METRICS and not re.search(r'queue="\$queue(\.retry|\.dlq)?"', expr), 'RabbitMQ series not filtered by queue="$queue..."'),
+                (names & RABBITMQ_METRICS and not re.search(r'queue="\$queue(\.retry|\.dlq)?"', expr),
+                 'RabbitMQ series not filtered by queue="$queue..."'),
             ) if bad]
     all_ok(problems, f"{len(exprs)} targets: expression, ${{datasource}}, [$__rate_interval], job/queue filter, known metric names")
 
@@ -155,8 +156,10 @@ def structure(args):
         "histogram_quantile(0.50", "histogram_quantile(0.95", "histogram_quantile(0.99",
         'rabbitmq_detailed_queue_messages_ready{queue="$queue"}', 'rabbitmq_detailed_queue_messages_unacked{queue="$queue"}',
         '{queue="$queue.retry"}', '{queue="$queue.dlq"}', "signup_founding_exhausted_total",
-    )] + [("gauge", "signup_founding_remaining")] + [("timeseries", f"signup_founding_{m}") for m in ("capacity", "assigned", "remaining")]
-    missing = [w for w in wanted if not any(w[0] in (None, t) and w[1] in e for t, e in exprs)]
+    )] + [("gauge", "signup_founding_remaining")]
+    wanted += [("timeseries", f"signup_founding_{m}") for m in ("capacity", "assigned", "remaining")]
+    missing = [f"{want or 'any'} panel with {part}" for want, part in wanted
+               if not any(want in (None, t) and part in e for t, e in exprs)]
     check(not missing, f"a panel for each of the {len(wanted)} views owed (missing: {missing})")
 
 
@@ -202,7 +205,7 @@ def wait(args):
                            lambda: query(prom, f"signup_processing_duration_seconds_count{{{W}}}")[1] != []))
         if args.rabbitmq:
             conditions.append((f"RabbitMQ series for {q}, {q}.retry and {q}.dlq",
-                               lambda: scalar(prom, f'count({m}{{queue="{q}"}} or {m}{{queue="{q}.retry"}} or {m}{{queue="{q}.dlq"}})') == 3))
+                               lambda: scalar(prom, f'count({m}{{queue=~"{q}|{q}.retry|{q}.dlq"}})') == 3))
     else:
         since = time.time()
         conditions += [
@@ -308,11 +311,12 @@ def live(args):
     expectations = [
         ("capacity = 20", f"max(signup_founding_capacity{{{W}}})", lambda v: v == 20),
         ("assigned = 20", f"max(signup_founding_assigned{{{W}}})", lambda v: v == 20),
-        ("remaining, burned and pooled = 0",
-         f"max(signup_founding_remaining{{{W}}}) + max(signup_founding_burned{{{W}}}) + max(signup_founding_pooled{{{W}}})", lambda v: v == 0),
+        ("remaining, burned and pooled = 0", f"max(signup_founding_remaining{{{W}}}) + max(signup_founding_burned{{{W}}})"
+         f" + max(signup_founding_pooled{{{W}}})", lambda v: v == 0),
         ("unnumbered signups (exhausted) > 0", f"sum(signup_founding_exhausted_total{{{W}}})", lambda v: v > 0),
         ("created > 20", f'sum(signup_events_total{{{W},outcome="created"}})', lambda v: v > 20),
-        ("duplicates and invalid > 0", f'min(sum by (outcome) (signup_events_total{{{W},outcome=~"duplicate|invalid"}}))', lambda v: v > 0),
+        ("duplicates and invalid > 0",
+         f'min(sum by (outcome) (signup_events_total{{{W},outcome=~"duplicate|invalid"}}))', lambda v: v > 0),
         ("founding_number conflicts = 0", f'sum(signup_conflicts_total{{{W},kind="founding_number"}})', lambda v: v == 0),
         ("p99 latency over 5m > 0",
          f"histogram_quantile(0.99, sum by (le) (rate(signup_processing_duration_seconds_bucket{{{W}}}[5m])))", lambda v: v > 0),
@@ -322,7 +326,8 @@ def live(args):
     if args.rabbitmq:
         expectations += [
             ("DLQ depth = invalid + dead_lettered",
-             f'sum(rabbitmq_detailed_queue_messages{{queue="{q}.dlq"}}) - sum(signup_events_total{{{W},outcome=~"invalid|dead_lettered"}})',
+             f'sum(rabbitmq_detailed_queue_messages{{queue="{q}.dlq"}})'
+             f' - sum(signup_events_total{{{W},outcome=~"invalid|dead_lettered"}})',
              lambda v: v == 0),
             ("one consumer on the queue", f'sum(rabbitmq_detailed_queue_consumers{{queue="{q}"}})', lambda v: v == 1),
         ]

@@ -4,7 +4,7 @@
 # The command lines and settings these files pass to the binary are checked against its
 # clap definition by `cargo test --test cli_contract` (tests/cli_contract.rs).
 #
-#   deploy/tests/check-manifests.sh [-v]
+#   deploy/tests/check-manifests.sh
 #
 # The first run creates a virtualenv in target/deploy-check-venv with pinned packages from
 # PyPI (the only network access; later runs reuse it): PyYAML, jsonschema,

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by check-manifests.sh and check-observability.sh: root commands, apt and python3.
 # (Same approach as scripts/ensure-services.sh, which these checks do not depend on.)
 
@@ -14,7 +15,7 @@ as_root() {
     elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
         sudo -n "$@"
     else
-        printf 'need root to run: %s (run as root, or as a user with sudo after `sudo -v`)\n' "$*" >&2
+        printf 'need root to run: %s (run as root, or as a user with sudo after "sudo -v")\n' "$*" >&2
         return 1
     fi
 }

@@ -18,7 +18,7 @@ use migration::schema::TENANTS;
 
 use crate::target::{Database, Target};
 use crate::ui::{note, section};
-use crate::workers::{Workers, POLL};
+use crate::workers::{proc_value, Workers, POLL};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,6 +31,7 @@ pub struct Args {
     /// Seconds allowed for one run to store N tenants
     #[arg(long, env = "BENCH_TIMEOUT", default_value_t = 600)]
     bench_timeout: u64,
+    /// The benchmark's database: dropped, then created by `migrate`
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -38,10 +39,13 @@ pub struct Args {
         hide_env_values = true
     )]
     database_url: String,
+    /// RabbitMQ, as for the worker
     #[arg(long, env = "AMQP_URL", default_value = crate::DEFAULT_AMQP_URL, hide_env_values = true)]
     amqp_url: String,
+    /// The exchange events are published to
     #[arg(long, env = "SIGNUP_EXCHANGE", default_value = "bench.events")]
     signup_exchange: String,
+    /// The queue the replicas consume; it and its .retry and .dlq are deleted first
     #[arg(long, env = "SIGNUP_QUEUE", default_value = "bench.signups")]
     signup_queue: String,
     /// The workers' log filter (their logs go to target/bench/)
@@ -94,6 +98,19 @@ struct Row {
     publish_rate: String,
 }
 
+impl Row {
+    fn cells(&self) -> [String; 6] {
+        [
+            self.replicas.clone(),
+            self.events.to_string(),
+            format!("{:.2}", self.secs),
+            rate(self.events, self.secs),
+            self.peak_rss.clone(),
+            self.publish_rate.clone(),
+        ]
+    }
+}
+
 pub async fn run(args: &Args, workers: &mut Workers) -> anyhow::Result<()> {
     let target = Target::new(
         &args.database_url,
@@ -113,49 +130,38 @@ pub async fn run(args: &Args, workers: &mut Workers) -> anyhow::Result<()> {
     rows.push(baseline(&target, args.n).await?);
 
     section("Results");
-    let line = |r: [&str; 6]| {
-        println!(
-            "{:<18} {:>8} {:>9} {:>11} {:>26} {:>14}",
-            r[0], r[1], r[2], r[3], r[4], r[5]
-        );
+    let plain = |c: &[String; 6]| {
+        let [a, b, c, d, e, f] = c;
+        println!("{a:<18} {b:>8} {c:>9} {d:>11} {e:>26} {f:>14}");
     };
-    line([
-        "replicas",
-        "events",
-        "seconds",
-        "signups/s",
-        "peak RSS/worker (MiB)",
-        "publish msg/s",
-    ]);
-    for r in &rows {
-        line([
-            &r.replicas,
-            &r.events.to_string(),
-            &format!("{:.2}", r.secs),
-            &rate(r.events, r.secs),
-            &r.peak_rss,
-            &r.publish_rate,
-        ]);
-    }
+    plain(
+        &[
+            "replicas",
+            "events",
+            "seconds",
+            "signups/s",
+            "peak RSS/worker (MiB)",
+            "publish msg/s",
+        ]
+        .map(String::from),
+    );
+    rows.iter().for_each(|r| plain(&r.cells()));
+
     section("Markdown (for docs/BENCHMARKS.md)");
     println!(
-        "Measured {}: {context}. Queue pre-loaded with N events before the workers start; time from worker start until N tenants are stored.\n",
+        "Measured {}: {context}. Queue pre-loaded with N events before the workers start; \
+         time from worker start until N tenants are stored.\n",
         chrono::Utc::now().format("%Y-%m-%d")
     );
     println!("| replicas | events | seconds | signups/s | peak RSS per worker (MiB) | publish rate (msg/s) |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {:.2} | {} | {} | {} |",
-            r.replicas,
-            r.events,
-            r.secs,
-            rate(r.events, r.secs),
-            r.peak_rss,
-            r.publish_rate
-        );
-    }
-    println!("\nPostgreSQL alone: pgbench, 2 clients, one 100-row `INSERT ... SELECT FROM generate_series` per transaction into the same `tenants` table (trigger and unique indexes included).");
+    rows.iter()
+        .for_each(|r| println!("| {} |", r.cells().join(" | ")));
+    println!(
+        "\nPostgreSQL alone: pgbench, 2 clients, one 100-row `INSERT ... SELECT FROM \
+         generate_series` per transaction into the same `tenants` table (trigger and unique \
+         indexes included)."
+    );
     Ok(())
 }
 
@@ -169,22 +175,9 @@ fn rate(count: i64, secs: f64) -> String {
 
 /// One line on the machine, the versions and the settings, printed with the figures.
 async fn machine(db: &Database, rust_log: &str) -> anyhow::Result<String> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo.lines().find_map(|l| {
-        l.strip_prefix("model name")?
-            .split_once(": ")
-            .map(|(_, m)| m.to_owned())
-    });
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib: f64 = meminfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("MemTotal:")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+    let cpu = proc_value("/proc/cpuinfo", "model name");
+    let mem_kib: f64 = proc_value("/proc/meminfo", "MemTotal")
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0);
     let pg = db.server_version().await?;
     let rabbit = output("dpkg-query", &["-W", "-f=${Version}", "rabbitmq-server"]).await;

@@ -10,9 +10,9 @@ use clap::builder::BoolishValueParser;
 use migration::schema::TENANTS;
 use sea_orm::{ConnectionTrait, Statement};
 
-use crate::target::{Target, BIN};
+use crate::target::{Depths, Target, BIN};
 use crate::ui::{heading, note, section, show};
-use crate::workers::{listening, sum_by_label, Workers, POLL};
+use crate::workers::{listening, sum_by_label, Workers};
 use crate::{run_shown, Done};
 
 #[derive(clap::Args)]
@@ -26,6 +26,7 @@ pub struct Args {
     /// Worker replicas (metrics on 127.0.0.1:9464, :9465, ...)
     #[arg(long, env = "REPLICAS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=100))]
     replicas: u16,
+    /// The demo's database: dropped, then created by `migrate`
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -33,10 +34,13 @@ pub struct Args {
         hide_env_values = true
     )]
     database_url: String,
+    /// RabbitMQ, as for the worker
     #[arg(long, env = "AMQP_URL", default_value = crate::DEFAULT_AMQP_URL, hide_env_values = true)]
     amqp_url: String,
+    /// The exchange events are published to
     #[arg(long, env = "SIGNUP_EXCHANGE", default_value = "demo.events")]
     signup_exchange: String,
+    /// The queue the replicas consume; it and its .retry and .dlq are deleted first
     #[arg(long, env = "SIGNUP_QUEUE", default_value = "demo.signups")]
     signup_queue: String,
     /// Leave the workers up after the summary until Ctrl-C
@@ -54,18 +58,11 @@ pub struct Args {
 }
 
 const FIRST_PORT: u16 = 9464;
+/// Between two looks at the queues: each is a `status --json` process with two connections.
+const DRAIN_POLL: Duration = Duration::from_millis(500);
 const LOG_DIR: &str = "target/demo";
 /// The hard cases mixed into the load, as `publish` flags.
-const MIX: [&str; 8] = [
-    "--duplicates",
-    "0.05",
-    "--slug-collisions",
-    "0.03",
-    "--invalid",
-    "0.02",
-    "--demo",
-    "0.1",
-];
+const MIX: &str = "--duplicates 0.05 --slug-collisions 0.03 --invalid 0.02 --demo 0.1";
 /// `signup_events_total` outcomes and `signup_conflicts_total` kinds (contract section 6),
 /// in the order printed, with what each means.
 const OUTCOMES: [(&str, &str); 5] = [
@@ -162,7 +159,7 @@ pub async fn run(args: &Args, workers: &mut Workers) -> anyhow::Result<Done> {
         target
             .command()
             .args(["publish", "--count", &count])
-            .args(MIX),
+            .args(MIX.split(' ')),
     )
     .await?;
 
@@ -236,12 +233,9 @@ async fn drain(
         if empty && handled >= published {
             return Ok(handled);
         }
-        let show = |n: Option<u64>| n.map_or("?".to_owned(), |n| n.to_string());
-        let (main, retry, dlq) = (
-            show(depths.as_ref().map(|d| d.main)),
-            show(depths.as_ref().map(|d| d.retry)),
-            show(depths.as_ref().map(|d| d.dlq)),
-        );
+        let depth =
+            |f: fn(&Depths) -> u64| depths.as_ref().map_or("?".into(), |d| f(d).to_string());
+        let (main, retry, dlq) = (depth(|d| d.main), depth(|d| d.retry), depth(|d| d.dlq));
         if reported.is_none_or(|t| t.elapsed() >= Duration::from_secs(3)) {
             note(&format!(
                 "main queue: {main}   retry queue: {retry}   dead-letter queue: {dlq}   events handled: {handled} of {published}"
@@ -252,7 +246,7 @@ async fn drain(
         if Instant::now() >= deadline {
             bail!("not drained after {}s (main={main}, retry={retry}, handled {handled} of {published})", timeout.as_secs());
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(DRAIN_POLL).await;
     }
 }
 

@@ -60,10 +60,9 @@ const VARIANTS: [(Variant, &str); 3] = [
 ];
 
 pub async fn run(args: &Args) -> anyhow::Result<()> {
-    let db = Database::new(&format!(
-        "{}/{DATABASE}",
-        args.pg_server.trim_end_matches('/')
-    ))?;
+    let mut url = url::Url::parse(&args.pg_server).context("PG_SERVER is not a URL")?;
+    url.set_path(DATABASE);
+    let db = Database::new(url.as_str())?;
     db.drop_database(false).await?;
     let out = tokio::process::Command::new(BIN)
         .args(["migrate", "--founding-capacity", CAPACITY])

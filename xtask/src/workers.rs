@@ -109,13 +109,9 @@ impl Workers {
         self.list
             .iter()
             .map(|w| {
-                let status =
-                    std::fs::read_to_string(format!("/proc/{}/status", w.pid)).unwrap_or_default();
-                let kib = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok());
-                kib.unwrap_or(0.0) / 1024.0
+                proc_value(&format!("/proc/{}/status", w.pid), "VmHWM")
+                    .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                    .map_or(0.0, |kib| kib / 1024.0)
             })
             .collect()
     }
@@ -197,6 +193,14 @@ fn signal(pid: u32, sig: libc::c_int) {
     unsafe {
         libc::kill(pid, sig);
     }
+}
+
+/// The value of the first `key: value` line of a `/proc` file, such as `VmHWM` in
+/// `/proc/<pid>/status` or `model name` in `/proc/cpuinfo`.
+pub fn proc_value(path: &str, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    Some(line.split_once(':')?.1.trim().to_owned())
 }
 
 /// Whether something accepts connections on 127.0.0.1:`port`.

@@ -67,32 +67,10 @@ pub struct Migration;
 /// The first key spells "fmn#" in ASCII.
 pub const NUMBERING_LOCK: (i32, i32) = (0x666d_6e23, 1);
 
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let (k1, k2) = NUMBERING_LOCK;
-        let sql = r#"
-CREATE TABLE founding_number_pool (
-    number integer PRIMARY KEY CHECK (number >= 1)
-);
-COMMENT ON TABLE founding_number_pool IS 'Reclaimed founding numbers, handed out again lowest first (signup-worker).';
-
-CREATE TABLE founding_number_retired (
-    number     integer PRIMARY KEY CHECK (number >= 1),
-    retired_at timestamptz NOT NULL DEFAULT now()
-);
-COMMENT ON TABLE founding_number_retired IS 'Founding numbers whose tenant was deleted: never handed out again (signup-worker).';
-
-CREATE TABLE founding_reclaim_state (
-    singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    -- Every number at or below it is held, pooled, retired, or taken from the pool by a
-    -- running transaction.
-    checked_upto    bigint  NOT NULL DEFAULT 0,
-    -- Numbers ever returned to the pool, for operators and tests.
-    reclaimed_total bigint  NOT NULL DEFAULT 0
-);
-INSERT INTO founding_reclaim_state DEFAULT VALUES;
-
+/// The numbering trigger of this migration: the pool first, then the sequence. Migration 5
+/// replaces it and restores it on the way down. `__K1__`/`__K2__` stand for the numbering
+/// lock (see [`with_lock_keys`]).
+pub(crate) const POOL_AWARE_NUMBERING: &str = r#"
 CREATE OR REPLACE FUNCTION assign_founding_member_number() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -132,7 +110,41 @@ BEGIN
     RETURN NEW;
 END
 $$;
+"#;
 
+/// Puts the numbering lock's keys into SQL that names them `__K1__` and `__K2__`.
+pub(crate) fn with_lock_keys(sql: &str) -> String {
+    let (k1, k2) = NUMBERING_LOCK;
+    sql.replace("__K1__", &k1.to_string())
+        .replace("__K2__", &k2.to_string())
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let sql = r#"
+CREATE TABLE founding_number_pool (
+    number integer PRIMARY KEY CHECK (number >= 1)
+);
+COMMENT ON TABLE founding_number_pool IS 'Reclaimed founding numbers, handed out again lowest first (signup-worker).';
+
+CREATE TABLE founding_number_retired (
+    number     integer PRIMARY KEY CHECK (number >= 1),
+    retired_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE founding_number_retired IS 'Founding numbers whose tenant was deleted: never handed out again (signup-worker).';
+
+CREATE TABLE founding_reclaim_state (
+    singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    -- Every number at or below it is held, pooled, retired, or taken from the pool by a
+    -- running transaction.
+    checked_upto    bigint  NOT NULL DEFAULT 0,
+    -- Numbers ever returned to the pool, for operators and tests.
+    reclaimed_total bigint  NOT NULL DEFAULT 0
+);
+INSERT INTO founding_reclaim_state DEFAULT VALUES;
+
+__POOL_AWARE_NUMBERING__
 CREATE FUNCTION retire_founding_member_number() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -203,9 +215,11 @@ BEGIN
 END
 $$;
 "#
-        .replace("__K1__", &k1.to_string())
-        .replace("__K2__", &k2.to_string());
-        manager.get_connection().execute_unprepared(&sql).await?;
+        .replace("__POOL_AWARE_NUMBERING__", POOL_AWARE_NUMBERING);
+        manager
+            .get_connection()
+            .execute_unprepared(&with_lock_keys(&sql))
+            .await?;
         Ok(())
     }
 

@@ -377,11 +377,16 @@ async fn forged_attempt_headers_neither_loop_nor_expire_dead_letters() {
     env.cleanup().await;
 }
 
-/// A fresh login role given what `run --no-migrate` uses, by `migrate --grant-to`.
+/// A fresh login role given what `run --no-migrate` uses, by `migrate --grant-to`; its
+/// password is [`role_password`] (a password, so that a server that trusts only `postgres`
+/// locally lets it in too).
 async fn runtime_role(env: &TestEnv) -> String {
     let role = format!("rt_{}", env.id);
-    env.execute_as_admin(&format!("CREATE ROLE {role} LOGIN"))
-        .await;
+    env.execute_as_admin(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD '{}'",
+        role_password(&role)
+    ))
+    .await;
     let out = env.run_ok(&["migrate", "--grant-to", &role]);
     assert!(out.contains(&format!("granted role {role}")), "{out}");
     role
@@ -393,9 +398,10 @@ async fn migrate_grant_to_gives_what_run_needs_and_nothing_more() {
     let role = runtime_role(&env).await;
     // Idempotent: granting again is fine.
     env.run_ok(&["migrate", "--grant-to", &role]);
-    let as_role = sea_orm::Database::connect(pg_url_as(&env.db_name, &role, None))
-        .await
-        .unwrap();
+    let as_role =
+        sea_orm::Database::connect(pg_url_as(&env.db_name, &role, Some(&role_password(&role))))
+            .await
+            .unwrap();
     for refused in [
         "DELETE FROM tenants",
         "UPDATE tenants SET tier = 'growth'",
@@ -441,6 +447,10 @@ async fn migrate_grant_to_gives_what_run_needs_and_nothing_more() {
     drop_role(&role).await;
 }
 
+fn role_password(role: &str) -> String {
+    format!("pw-{role}")
+}
+
 async fn wait_error_lines(worker: &Worker, needle: &str, n: usize) {
     wait_for(&format!("{n} ERROR lines naming {needle}"), || async {
         worker
@@ -458,8 +468,11 @@ async fn revoked_grants_pause_the_worker_until_granted_again() {
     let env = TestEnv::new(100).await;
     let role = runtime_role(&env).await;
     let mut cmd = env.command();
-    cmd.env("DATABASE_URL", pg_url_as(&env.db_name, &role, None))
-        .args(["run", "--no-migrate", "--metrics-addr", "127.0.0.1:0"]);
+    cmd.env(
+        "DATABASE_URL",
+        pg_url_as(&env.db_name, &role, Some(&role_password(&role))),
+    )
+    .args(["run", "--no-migrate", "--metrics-addr", "127.0.0.1:0"]);
     let worker = Worker::spawn_command(cmd);
     worker.wait_ready().await;
 

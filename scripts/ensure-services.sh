@@ -19,30 +19,8 @@ die() {
     exit 1
 }
 
-# Runs a command as root: directly when we are root, else through sudo without a password
-# prompt (a script run by CI or by another script must not hang on one).
-as_root() {
-    if [[ $(id -u) -eq 0 ]]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        sudo -n "$@"
-    else
-        die "need root to run: $* (run as root, or as a user with sudo: run 'sudo -v' first)"
-    fi
-}
-
-APT_UPDATED=0
-apt_install() {
-    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install by hand: $*"
-    local apt=(as_root env DEBIAN_FRONTEND=noninteractive apt-get -y -q)
-    if ((!APT_UPDATED)); then
-        log "apt-get update"
-        "${apt[@]}" update >/dev/null || die "apt-get update failed"
-        APT_UPDATED=1
-    fi
-    log "apt-get install --no-install-recommends $*"
-    "${apt[@]}" install --no-install-recommends "$@" >/dev/null || die "apt-get install $* failed"
-}
+# shellcheck source=scripts/root.sh
+source "$(dirname "${BASH_SOURCE[0]}")/root.sh"
 
 # wait_for <what> <probe...>: polls the probe until it succeeds, for at most WAIT_SECS.
 wait_for() {

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use entity::prelude::{FoundingNumberPool, FoundingNumberRetired, Tenants};
 use entity::{founding_number_pool, founding_number_retired, tenants};
-use migration::schema::{FOUNDING_SEQUENCE, POOL, RECLAIM_FUNCTION, RETIRED, TENANTS};
+use migration::schema::{ASSIGNED_FUNCTION, FOUNDING_SEQUENCE, POOL, RECLAIM_FUNCTION, RETIRED};
 use sea_orm::{
     AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
     FromQueryResult, IsolationLevel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
@@ -58,13 +58,14 @@ struct StatsRow {
 // pg_sequences.last_value is NULL until the first nextval(), and also whenever the role lacks
 // USAGE and SELECT on the sequence: the privilege check tells the two apart, so that a revoked
 // grant is an error and not a position of 0 (which made `burned` negative). The count reads
-// only the partial unique index, which holds at most `capacity` entries.
+// only the partial unique index, which holds at most `capacity` entries (`founding_assigned()`
+// makes sure of it whatever the statistics; see migration 6).
 fn stats_sql() -> String {
     format!(
         "SELECT s.max_value::bigint AS capacity, \
             CASE WHEN has_sequence_privilege(format('%I.%I', s.schemaname, s.sequencename), 'USAGE,SELECT') \
                  THEN coalesce(s.last_value, 0) END::bigint AS position, \
-            (SELECT count(*) FROM {TENANTS} WHERE founding_member_number IS NOT NULL)::bigint AS assigned, \
+            {ASSIGNED_FUNCTION}()::bigint AS assigned, \
             (SELECT count(*) FROM {POOL})::bigint AS pooled, \
             (SELECT count(*) FROM {RETIRED})::bigint AS retired \
          FROM pg_sequences s \

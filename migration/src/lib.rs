@@ -11,6 +11,7 @@ mod m20261124_000002_founding_numbers;
 mod m20261124_000003_signup_locks;
 mod m20261128_000004_reclaim_numbers;
 mod m20261128_000005_cheap_numbering_when_full;
+mod m20261128_000006_assigned_count;
 pub mod schema;
 
 pub use m20261128_000004_reclaim_numbers::NUMBERING_LOCK;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_signup_locks::Migration),
             Box::new(m20261128_000004_reclaim_numbers::Migration),
             Box::new(m20261128_000005_cheap_numbering_when_full::Migration),
+            Box::new(m20261128_000006_assigned_count::Migration),
         ]
     }
 }

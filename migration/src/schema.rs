@@ -26,6 +26,8 @@ pub const RECLAIM_STATE: &str = "founding_reclaim_state";
 pub const LOCK_KEYS_FUNCTION: &str = "signup_lock_keys";
 /// `founding_reclaim(bigint)`: returns burned numbers to the pool (migration 4).
 pub const RECLAIM_FUNCTION: &str = "founding_reclaim";
+/// `founding_assigned()`: the count of numbered tenants, from the partial index (migration 6).
+pub const ASSIGNED_FUNCTION: &str = "founding_assigned";
 
 /// What `run --no-migrate` needs and nothing more: read and insert tenants, draw numbers,
 /// take the signup locks, and reclaim. No DDL, no ownership, no UPDATE or DELETE on tenants.
@@ -39,6 +41,7 @@ pub fn runtime_grants(role: &str) -> Vec<String> {
         format!("GRANT USAGE, SELECT ON SEQUENCE {FOUNDING_SEQUENCE} TO {role}"),
         format!("GRANT EXECUTE ON FUNCTION {LOCK_KEYS_FUNCTION}(uuid[], text[]) TO {role}"),
         format!("GRANT EXECUTE ON FUNCTION {RECLAIM_FUNCTION}(bigint) TO {role}"),
+        format!("GRANT EXECUTE ON FUNCTION {ASSIGNED_FUNCTION}() TO {role}"),
         format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {POOL} TO {role}"),
         format!("GRANT SELECT, INSERT ON {RETIRED} TO {role}"),
         format!("GRANT SELECT, UPDATE ON {RECLAIM_STATE} TO {role}"),

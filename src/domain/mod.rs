@@ -297,3 +297,22 @@ pub fn signup_body(
 
 #[cfg(test)]
 mod tests;
+
+/// From a body that failed to parse: its event id if it is a UUID, and its slug if it is a
+/// string, for the rejected outcome of an invalid event. Bodies over the size limit are not
+/// looked at.
+pub fn salvage_ids(body: &[u8]) -> (Option<String>, Option<String>) {
+    let json: Option<serde_json::Value> = if body.len() <= MAX_BODY_BYTES {
+        serde_json::from_slice(body).ok()
+    } else {
+        None
+    };
+    let event_id = json
+        .as_ref()
+        .and_then(|v| v.get("event_id")?.as_str().map(str::to_owned))
+        .filter(|s| Uuid::parse_str(s).is_ok());
+    let slug = json
+        .as_ref()
+        .and_then(|v| v.get("tenant")?.get("slug")?.as_str().map(str::to_owned));
+    (event_id, slug)
+}

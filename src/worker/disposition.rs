@@ -34,7 +34,7 @@ pub enum Verdict {
 }
 
 /// The ids an outcome and a log line can name: the parsed ones, or for an invalid body the
-/// best the worker could salvage (see `pipeline::best_effort_ids`).
+/// best the worker could salvage (see `domain::salvage_ids`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ids {
     pub event_id: Option<String>,

@@ -20,8 +20,8 @@ use lapin::{Channel, Consumer};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::amqp::{self, ATTEMPTS_HEADER, ERROR_HEADER};
-use crate::domain::{SignupRequest, MAX_BODY_BYTES};
+use crate::amqp::{self, Outgoing, ATTEMPTS_HEADER, ERROR_HEADER};
+use crate::domain::{salvage_ids, SignupRequest};
 use crate::error::{classify_db, sqlstate, DbFailure, RetryReason};
 use crate::metrics::{self, ConflictKind};
 use crate::store::{self, Resolution};
@@ -45,17 +45,6 @@ pub(super) struct InFlight {
     received: Instant,
     ids: Ids,
     disposition: Disposition,
-}
-
-/// One message a batch owes: an outcome event, or a dead-letter or retry copy.
-struct Owed<'a> {
-    exchange: &'a str,
-    routing_key: &'a str,
-    body: Cow<'a, [u8]>,
-    properties: lapin::BasicProperties,
-    mandatory: bool,
-    /// Named in the error if the broker refuses it.
-    target: &'a str,
 }
 
 /// A stored batch on its way to the second stage.
@@ -161,7 +150,7 @@ impl Worker {
             .into_iter()
             .map(|(delivery, parsed)| {
                 let (ids, verdict) = match parsed {
-                    Err(invalid) => (best_effort_ids(&delivery), Verdict::Invalid(invalid)),
+                    Err(invalid) => (salvaged_ids(&delivery), Verdict::Invalid(invalid)),
                     Ok(req) => {
                         let ids = Ids {
                             event_id: Some(req.event_id.to_string()),
@@ -238,7 +227,7 @@ impl Worker {
     ) -> Result<(), SessionError> {
         let topology = &self.settings.topology;
         let (dlq, retry_queue) = (topology.dead_letter_queue(), topology.retry_queue());
-        let mut owed: Vec<Owed<'_>> = Vec::with_capacity(items.len() + 8);
+        let mut owed: Vec<Outgoing<'_>> = Vec::with_capacity(items.len() + 8);
         for item in items {
             let props = &item.delivery.properties;
             let (copy, outcome) = match &item.disposition {
@@ -261,7 +250,7 @@ impl Worker {
                 }
             };
             if let Some((queue, properties)) = copy {
-                owed.push(Owed {
+                owed.push(Outgoing {
                     exchange: "",
                     routing_key: queue,
                     body: Cow::Borrowed(&item.delivery.data),
@@ -271,7 +260,7 @@ impl Worker {
                 });
             }
             if let Some(o) = outcome {
-                owed.push(Owed {
+                owed.push(Outgoing {
                     exchange: &topology.exchange,
                     routing_key: &o.kind,
                     body: Cow::Owned(o.body()),
@@ -281,27 +270,7 @@ impl Worker {
                 });
             }
         }
-        // All at once, not one after the other: lapin resolves each publish only once its
-        // I/O thread has written the frames, so awaiting them in turn costs two thread
-        // wake-ups per message. Started together (first polls in order, so the messages go
-        // out in this order), the I/O thread writes the whole batch in a few syscalls.
-        let confirms = futures_util::future::try_join_all(owed.into_iter().map(|o| async move {
-            let confirm = amqp::publish(
-                channel,
-                o.exchange,
-                o.routing_key,
-                &o.body,
-                o.properties,
-                o.mandatory,
-            )
-            .await?;
-            Ok::<_, lapin::Error>((confirm, o.target))
-        }))
-        .await?;
-        for (confirm, target) in confirms {
-            amqp::confirmed(confirm, target).await?;
-        }
-        Ok(())
+        Ok(amqp::publish_all(channel, owed).await?)
     }
 
     /// Stores the batch, holding it through outages and splitting it on any other failure.
@@ -392,27 +361,19 @@ async fn drain(consumer: &mut Consumer) -> Vec<Delivery> {
     held
 }
 
-/// For an invalid event's outcome: the body's event id if it is a UUID, else the AMQP
-/// `message_id`; the body's slug if it is a string.
-fn best_effort_ids(delivery: &Delivery) -> Ids {
-    let json: Option<serde_json::Value> = if delivery.data.len() <= MAX_BODY_BYTES {
-        serde_json::from_slice(&delivery.data).ok()
-    } else {
-        None
-    };
-    let body_id = json
-        .as_ref()
-        .and_then(|v| v.get("event_id")?.as_str().map(str::to_owned))
-        .filter(|s| uuid::Uuid::parse_str(s).is_ok());
-    let event_id = body_id.or_else(|| {
+/// For an invalid event's outcome: what [`salvage_ids`] finds in the body, else the AMQP
+/// `message_id` as the event id.
+fn salvaged_ids(delivery: &Delivery) -> Ids {
+    let (event_id, slug) = salvage_ids(&delivery.data);
+    let message_id = || {
         delivery
             .properties
             .message_id()
             .as_ref()
             .map(|m| m.to_string())
-    });
-    let slug = json
-        .as_ref()
-        .and_then(|v| v.get("tenant")?.get("slug")?.as_str().map(str::to_owned));
-    Ids { event_id, slug }
+    };
+    Ids {
+        event_id: event_id.or_else(message_id),
+        slug,
+    }
 }

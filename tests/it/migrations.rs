@@ -129,7 +129,11 @@ async fn schema_names_exist_after_migrating() {
             .await;
         assert_eq!(found, 1, "{constraint}");
     }
-    for function in [schema::LOCK_KEYS_FUNCTION, schema::RECLAIM_FUNCTION] {
+    for function in [
+        schema::LOCK_KEYS_FUNCTION,
+        schema::RECLAIM_FUNCTION,
+        schema::ASSIGNED_FUNCTION,
+    ] {
         let found = env
             .scalar(&format!(
                 "SELECT count(*) FROM pg_proc WHERE proname = '{function}'"

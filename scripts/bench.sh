@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# Throughput benchmark: how fast do 1 and 2 worker replicas turn a full queue into tenants?
+# Throughput, CPU per signup and latency benchmark (issue 9's figures).
 #
-# For each replica count: fresh database and queues, pre-load N events (publishing is timed
-# too, but separately), then start the workers and time until N tenants are stored. Peak RSS
-# per worker is read from /proc/<pid>/status (VmHWM). Finally a baseline: PostgreSQL alone
-# inserting the same rows, 100 per transaction, through the same trigger (pgbench).
-# Results go to stdout as a plain table and as markdown for docs/BENCHMARKS.md.
-# After services and build, this is `xtask bench` (xtask/src/bench.rs).
+# Saturation, for each replica count: fresh database and queues, pre-load N events (publishing
+# is timed too, but separately), then start the workers and time until N tenants are stored;
+# over that window, CPU ms per signup of the workers, the PostgreSQL processes and the broker
+# (/proc/<pid>/stat), whole-machine busy % (/proc/stat), and peak RSS per worker (VmHWM).
+# Fixed rate: one idle worker, RATE signups/s offered for RATE_SECS by the xtask's own publisher;
+# p50/p99 from publish to the outcome event, and the same CPU figures. Baseline: PostgreSQL
+# alone inserting the same rows, 100 per transaction, through the same trigger (pgbench).
+# Each is run RUNS times from scratch. Each run prints one `BENCH {json}` line; then tables of
+# the medians (min-max), plain and as markdown for docs/BENCHMARKS.md. The database and queues
+# are dropped at the end. After services and build, this is `xtask bench` (xtask/src/bench.rs).
 #
 # Environment (all optional):
-#   N=50000                    events per run
-#   REPLICA_COUNTS="1 2"       replica counts to measure
-#   BENCH_TIMEOUT=600          seconds allowed for one run to store N tenants
+#   N=50000                    events per saturation run (and rows for the baseline)
+#   REPLICA_COUNTS="1 2"       replica counts to measure at saturation
+#   RUNS=3                     runs of each measurement; the tables give the median
+#   BENCH_KINDS="saturation fixed-rate baseline"   what to measure
+#   RATE=1000 RATE_SECS=20     the fixed-rate run: signups/s offered, and for how long
+#   OUTCOME_TIMEOUT=30         seconds after the last fixed-rate publish for every outcome
+#   BENCH_TIMEOUT=600          seconds allowed for one saturation run to store N tenants
 #   DATABASE_URL=postgres://postgres@127.0.0.1:5432/signup_worker_bench
 #   SIGNUP_QUEUE=bench.signups SIGNUP_EXCHANGE=bench.events   (AMQP_URL as for the worker)
 #   RUST_LOG=info              the workers' log filter (logs go to target/bench/)

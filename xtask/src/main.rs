@@ -11,6 +11,9 @@
 //! - [`target`]: the database and queues a task works on, started clean, and `status --json`.
 //! - [`workers`]: `signup-worker run` replicas as child processes, their `/readyz` and
 //!   `/metrics`, and stopping them with SIGTERM.
+//! - [`cpu`]: CPU time of the replicas, PostgreSQL, the broker and the machine, from `/proc`.
+//! - [`fixed_rate`]: the benchmark's fixed-rate publisher and its outcome listener.
+//! - [`table`]: medians and ranges over runs, as plain and markdown tables.
 //! - [`demo`], [`bench`], [`numbering`]: the tasks.
 //!
 //! The tasks drive `target/release/signup-worker` through its command line (`migrate`, `run`,
@@ -18,8 +21,11 @@
 //! shipped. They take the schema's names from the migration crate.
 
 mod bench;
+mod cpu;
 mod demo;
+mod fixed_rate;
 mod numbering;
+mod table;
 mod target;
 mod ui;
 mod workers;
@@ -44,7 +50,8 @@ const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 enum Task {
     /// The main job end to end: clean demo setup, replicas, a mixed load, a summary
     Demo(demo::Args),
-    /// Throughput of 1 and 2 replicas from a full queue, and of PostgreSQL alone
+    /// Throughput and CPU per signup of 1 and 2 replicas from a full queue, latency at a fixed
+    /// rate, and PostgreSQL alone
     Bench(bench::Args),
     /// The numbering trigger's cost per row, PostgreSQL alone
     BenchNumbering(numbering::Args),

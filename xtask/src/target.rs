@@ -195,7 +195,7 @@ impl Target {
     }
 
     /// The first broker of `AMQP_URL` (a comma-separated list for a cluster) that answers.
-    async fn amqp(&self) -> anyhow::Result<Connection> {
+    pub async fn amqp(&self) -> anyhow::Result<Connection> {
         let mut last = None;
         for uri in self.amqp_url.split(',').map(str::trim) {
             let connect = Connection::connect(uri, ConnectionProperties::default());

@@ -54,10 +54,9 @@ impl DbTarget {
                     url: crate::secrets::mask(url),
                     problem: e.to_string(),
                 })?;
-        // Statements are traced by our own spans; sqlx's per-statement log would flood.
-        // Custom plans: a generic plan cached while `tenants` was small keeps seq-scanning it
-        // as it grows (nothing invalidates the plan until the next ANALYZE), which made each
-        // batch's lookup slower by the second. Planning per execution reads the current size.
+        // Statements are traced by our own spans; sqlx's per-statement log would flood. (The
+        // batch lookup's plan is kept robust to the table's growth inside its function, see
+        // migration 7, so sessions keep the default plan cache.)
         //
         // idle_in_transaction_session_timeout: a numbering transaction holds the numbering
         // lock until it ends, and the reclaimer cannot return a burned number to the pool
@@ -68,13 +67,10 @@ impl DbTarget {
         // connection gone and stores the batch again. The worker never idles in a transaction
         // for more than milliseconds, so 10 s is generous.
         let options = options
-            .options([
-                ("plan_cache_mode", "force_custom_plan"),
-                (
-                    "idle_in_transaction_session_timeout",
-                    IDLE_IN_TRANSACTION_TIMEOUT,
-                ),
-            ])
+            .options([(
+                "idle_in_transaction_session_timeout",
+                IDLE_IN_TRANSACTION_TIMEOUT,
+            )])
             .log_statements(log::LevelFilter::Trace)
             .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(2));
         let server = format!(

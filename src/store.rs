@@ -4,10 +4,11 @@
 //! never gives a number back. So no duplicate and no slug conflict may reach INSERT, even
 //! when its twin is in flight in another replica. One transaction per batch:
 //!
-//! 1. `signup_lock_keys`: advisory locks on every event id and slug of the batch, in one global
-//!    order (no deadlock between batches). Whoever held a key before us has committed or
-//!    rolled back by the time we get it.
-//! 2. Read the stored rows for those keys (a fresh READ COMMITTED snapshot, so it sees them).
+//! 1. `signup_lock_and_read` (migration 7), one call: advisory locks on every event id and slug
+//!    of the batch, in one global order (no deadlock between batches), then the stored rows
+//!    for those keys. Whoever held a key before us has committed or rolled back by the time
+//!    we get it, and the lookup is a new statement with a fresh READ COMMITTED snapshot, so it
+//!    sees their rows.
 //! 3. [`plan`] (a pure function) decides each event in delivery order, as if they had come
 //!    one by one: duplicate of a stored or earlier event, slug taken, or new.
 //! 4. One multi-row INSERT of the new events only; the trigger numbers them in that order.
@@ -17,12 +18,10 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use entity::tenants;
-use migration::schema::{LOCK_KEYS_FUNCTION, TENANTS};
-use sea_orm::sea_query::{Expr, PgFunc};
+use migration::schema::{LOCK_AND_READ_FUNCTION, TENANTS};
 use sea_orm::{
-    Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, FromQueryResult,
-    QueryFilter, QuerySelect, Statement, TransactionTrait, Value,
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, FromQueryResult, Statement,
+    TransactionTrait, Value,
 };
 use uuid::Uuid;
 
@@ -101,9 +100,13 @@ pub(crate) fn stmt(sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
-/// The batch's signup locks (see migration 3): a function, so raw SQL.
-fn lock_sql() -> String {
-    format!("SELECT {LOCK_KEYS_FUNCTION}($1::uuid[], $2::text[])")
+/// The batch's signup locks and its stored twins, in one call (see migration 7): a function,
+/// so raw SQL.
+fn lock_and_read_sql() -> String {
+    format!(
+        "SELECT id, event_id, slug, is_demo, founding_member_number \
+         FROM {LOCK_AND_READ_FUNCTION}($1::uuid[], $2::text[])"
+    )
 }
 
 // Raw SQL because the batch goes in as arrays that `unnest` turns into rows, one statement
@@ -127,33 +130,6 @@ fn insert_sql() -> String {
     )
 }
 
-/// The stored rows that share an event id or a slug with the batch. `= ANY(array)` keeps it
-/// one prepared statement whatever the batch size (an IN list would be one per size).
-async fn stored_rows(
-    txn: &impl ConnectionTrait,
-    event_ids: Vec<Uuid>,
-    slugs: Vec<String>,
-) -> Result<Vec<StoredTenant>, DbErr> {
-    use tenants::Column;
-    tenants::Entity::find()
-        .select_only()
-        .columns([
-            Column::Id,
-            Column::EventId,
-            Column::Slug,
-            Column::IsDemo,
-            Column::FoundingMemberNumber,
-        ])
-        .filter(
-            Condition::any()
-                .add(Expr::col(Column::EventId).eq(PgFunc::any(Expr::val(event_ids))))
-                .add(Expr::col(Column::Slug).eq(PgFunc::any(Expr::val(slugs)))),
-        )
-        .into_model::<StoredTenant>()
-        .all(txn)
-        .await
-}
-
 /// Stores a batch in one transaction and says, per request and in order, what happened.
 /// On error nothing was committed; the caller classifies the error with
 /// [`crate::error::classify_db`] and retries.
@@ -171,12 +147,12 @@ pub async fn store_batch(
         .collect();
 
     let txn = db.begin().await?;
-    txn.execute(stmt(
-        &lock_sql(),
-        vec![event_ids.clone().into(), slugs.clone().into()],
+    let existing = StoredTenant::find_by_statement(stmt(
+        &lock_and_read_sql(),
+        vec![event_ids.into(), slugs.into()],
     ))
+    .all(&txn)
     .await?;
-    let existing = stored_rows(&txn, event_ids, slugs).await?;
 
     let steps = plan(requests, &existing);
     let new: Vec<&SignupRequest> = requests

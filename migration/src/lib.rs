@@ -12,6 +12,7 @@ mod m20261124_000003_signup_locks;
 mod m20261128_000004_reclaim_numbers;
 mod m20261128_000005_cheap_numbering_when_full;
 mod m20261128_000006_assigned_count;
+mod m20261128_000007_lock_and_read;
 pub mod schema;
 
 pub use m20261128_000004_reclaim_numbers::NUMBERING_LOCK;
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_reclaim_numbers::Migration),
             Box::new(m20261128_000005_cheap_numbering_when_full::Migration),
             Box::new(m20261128_000006_assigned_count::Migration),
+            Box::new(m20261128_000007_lock_and_read::Migration),
         ]
     }
 }

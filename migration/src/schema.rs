@@ -24,6 +24,9 @@ pub const RETIRED: &str = "founding_number_retired";
 pub const RECLAIM_STATE: &str = "founding_reclaim_state";
 /// `signup_lock_keys(uuid[], text[])`: takes the batch's natural-key locks (migration 3).
 pub const LOCK_KEYS_FUNCTION: &str = "signup_lock_keys";
+/// `signup_lock_and_read(uuid[], text[])`: the same locks, then the stored rows sharing a key
+/// with the batch (migration 7).
+pub const LOCK_AND_READ_FUNCTION: &str = "signup_lock_and_read";
 /// `founding_reclaim(bigint)`: returns burned numbers to the pool (migration 4).
 pub const RECLAIM_FUNCTION: &str = "founding_reclaim";
 /// `founding_assigned()`: the count of numbered tenants, from the partial index (migration 6).
@@ -40,6 +43,7 @@ pub fn runtime_grants(role: &str) -> Vec<String> {
         format!("GRANT SELECT, INSERT ON {TENANTS} TO {role}"),
         format!("GRANT USAGE, SELECT ON SEQUENCE {FOUNDING_SEQUENCE} TO {role}"),
         format!("GRANT EXECUTE ON FUNCTION {LOCK_KEYS_FUNCTION}(uuid[], text[]) TO {role}"),
+        format!("GRANT EXECUTE ON FUNCTION {LOCK_AND_READ_FUNCTION}(uuid[], text[]) TO {role}"),
         format!("GRANT EXECUTE ON FUNCTION {RECLAIM_FUNCTION}(bigint) TO {role}"),
         format!("GRANT EXECUTE ON FUNCTION {ASSIGNED_FUNCTION}() TO {role}"),
         format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {POOL} TO {role}"),

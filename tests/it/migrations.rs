@@ -131,6 +131,7 @@ async fn schema_names_exist_after_migrating() {
     }
     for function in [
         schema::LOCK_KEYS_FUNCTION,
+        schema::LOCK_AND_READ_FUNCTION,
         schema::RECLAIM_FUNCTION,
         schema::ASSIGNED_FUNCTION,
     ] {

@@ -149,3 +149,59 @@ async fn schema_names_exist_after_migrating() {
     assert_eq!(migration::DEFAULT_FOUNDING_CAPACITY, 100);
     env.cleanup().await;
 }
+
+/// The batch lookup (`signup_lock_and_read`) keeps using the unique indexes when `tenants`
+/// grows after its plan was made: PL/pgSQL keeps plans for the session, and a plan made while
+/// the table was empty would otherwise scan it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_lookup_never_scans_the_table_whatever_its_size_at_planning() {
+    let env = TestEnv::new(5).await;
+    // One session throughout, as a worker's connection would be.
+    let session = signup_worker::db::DbTarget::parse(&env.db_url)
+        .unwrap()
+        .connect(1)
+        .await
+        .unwrap();
+    let run = |sql: &'static str| {
+        let session = &session;
+        async move { session.execute_unprepared(sql).await.unwrap() }
+    };
+    let seq_scans = || async {
+        // Counters reach the shared statistics when the session's transaction ends.
+        run("SELECT pg_stat_force_next_flush()").await;
+        run("SELECT 1").await;
+        env.scalar("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'tenants'")
+            .await
+    };
+    let lookup = "BEGIN; \
+        SELECT count(*) FROM signup_lock_and_read(ARRAY[gen_random_uuid()], ARRAY['grown-7']); \
+        COMMIT;";
+    // Planned on a small table whose statistics say so (more than the 5 executions after
+    // which PostgreSQL may switch to a generic plan).
+    run(
+        "INSERT INTO tenants (event_id, slug, business_name, owner_email, tier, is_demo) \
+         SELECT gen_random_uuid(), 'small-' || g, 'B', 'a@b.c', 'starter', true \
+         FROM generate_series(1, 3) AS g",
+    )
+    .await;
+    run("ANALYZE tenants").await;
+    for _ in 0..8 {
+        run(lookup).await;
+    }
+    let before = seq_scans().await;
+    run(
+        "INSERT INTO tenants (event_id, slug, business_name, owner_email, tier, is_demo) \
+         SELECT gen_random_uuid(), 'grown-' || g, 'B', 'a@b.c', 'starter', true \
+         FROM generate_series(1, 20000) AS g",
+    )
+    .await;
+    for _ in 0..8 {
+        run(lookup).await;
+    }
+    assert_eq!(seq_scans().await, before, "the lookup scanned the table");
+    // The counter does count: a query no index serves scans it once.
+    run("SELECT count(*) FROM tenants WHERE business_name = 'nobody'").await;
+    assert_eq!(seq_scans().await, before + 1);
+    let _ = session.close().await;
+    env.cleanup().await;
+}

@@ -1,15 +1,15 @@
-//! One-shot admin commands: `status`, `founding set-capacity`, `founding list`, `dlq replay`.
+//! One-shot admin commands: `status`, `founding set-capacity`, `founding list` (the `dlq`
+//! commands are in [`crate::dlq`]).
 
 use anyhow::Context as _;
 use chrono::SecondsFormat;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::Connection;
 use serde::Serialize;
 
 use crate::amqp::{self, Topology};
 use crate::db::DbTarget;
-use crate::domain::SIGNUP_REQUESTED;
 use crate::founding::{self, FoundingList, FoundingStats};
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -75,7 +75,8 @@ impl StatusReport {
     }
 }
 
-async fn queue_depth(conn: &Connection, name: &str) -> anyhow::Result<QueueDepth> {
+/// Messages ready in a queue and its consumers; a queue not declared yet has neither.
+pub(crate) async fn queue_depth(conn: &Connection, name: &str) -> anyhow::Result<QueueDepth> {
     // A passive declare that fails (no such queue) closes its channel: one channel each.
     let channel = conn.create_channel().await?;
     let result = channel
@@ -194,75 +195,4 @@ pub fn founding_human(list: &FoundingList) -> String {
         numbers(&list.retired)
     );
     out
-}
-
-/// Headers that describe a message's past failures; a replayed message starts afresh.
-const FAILURE_HEADERS: &[&str] = &[
-    amqp::ERROR_HEADER,
-    amqp::ATTEMPTS_HEADER,
-    "x-death",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-    "x-delivery-count",
-];
-
-/// Moves up to `limit` of the messages dead-lettered so far (all of them by default) back to the exchange with routing key
-/// `tenant.signup.requested`. Each is acked on the DLQ only after its republish is confirmed,
-/// so a crash in between duplicates a message (harmless) and never loses one.
-pub async fn dlq_replay(
-    amqp_url: &str,
-    topology: &Topology,
-    limit: Option<u64>,
-) -> anyhow::Result<u64> {
-    let conn = amqp::connect(amqp_url, "signup-worker dlq replay").await?;
-    let channel = amqp::confirm_channel(&conn).await?;
-    topology
-        .declare(&channel)
-        .await
-        .context("declaring the topology")?;
-    let dlq = topology.dead_letter_queue();
-    // Only what is there now: a replayed message that fails again comes back to the DLQ while
-    // we run, and must not be replayed again in a loop.
-    let waiting = u64::from(queue_depth(&conn, &dlq).await?.messages);
-    let limit = limit.map_or(waiting, |l| l.min(waiting));
-    let mut moved = 0;
-    while moved < limit {
-        let Some(message) = channel
-            .basic_get(dlq.as_str().into(), BasicGetOptions::default())
-            .await?
-        else {
-            break;
-        };
-        let delivery = message.delivery;
-        let mut props = delivery.properties.clone();
-        if let Some(headers) = delivery.properties.headers() {
-            let mut kept = FieldTable::default();
-            for (name, value) in headers.inner() {
-                if !FAILURE_HEADERS.contains(&name.as_str()) {
-                    kept.insert(name.clone(), value.clone());
-                }
-            }
-            props = props.with_headers(kept);
-        }
-        let confirm = amqp::publish(
-            &channel,
-            &topology.exchange,
-            SIGNUP_REQUESTED,
-            &delivery.data,
-            props,
-            true,
-        )
-        .await?;
-        amqp::confirmed(confirm, &topology.queue).await?;
-        channel
-            .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
-            .await?;
-        moved += 1;
-    }
-    let _ = conn.close(200, "dlq replay done".into()).await;
-    Ok(moved)
 }

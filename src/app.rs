@@ -4,7 +4,7 @@ use anyhow::Context as _;
 
 use crate::cli::{Cli, Command, DlqCommand, FoundingCommand};
 use crate::worker::{self, WorkerSettings};
-use crate::{admin, db::DbTarget, metrics, publish, secrets};
+use crate::{admin, db::DbTarget, dlq, metrics, publish, secrets};
 
 pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     let global = cli.global;
@@ -83,17 +83,46 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", admin::founding_human(&list));
             }
         }
-        Command::Dlq {
-            command: DlqCommand::Replay { limit },
-        } => {
-            let moved = admin::dlq_replay(amqp_url, &topology, limit).await?;
-            println!(
-                "replayed {moved} dead-lettered messages onto {}",
-                topology.queue
-            );
-        }
+        Command::Dlq { command } => match command {
+            DlqCommand::List { json, limit } => {
+                let listing = dlq::list(amqp_url, &topology, limit).await?;
+                if json {
+                    println!("{}", serde_json::to_string(&listing)?);
+                } else {
+                    print!("{}", listing.human());
+                }
+            }
+            DlqCommand::Replay { limit, reason } => {
+                let moved = dlq::replay(amqp_url, &topology, limit, reason.as_deref()).await?;
+                println!(
+                    "replayed {} dead-lettered messages onto {}{}",
+                    moved.done,
+                    topology.queue,
+                    reason_note(reason.as_deref(), moved.skipped)
+                );
+            }
+            DlqCommand::Purge { yes: false, .. } => anyhow::bail!(
+                "dlq purge deletes dead letters for good: add --yes to confirm (dlq list shows them)"
+            ),
+            DlqCommand::Purge { yes: true, reason } => {
+                let moved = dlq::purge(amqp_url, &topology, reason.as_deref()).await?;
+                println!(
+                    "purged {} dead letters from {}{}",
+                    moved.done,
+                    topology.dead_letter_queue(),
+                    reason_note(reason.as_deref(), moved.skipped)
+                );
+            }
+        },
     }
     Ok(())
+}
+
+/// The end of a `dlq replay`/`dlq purge` line: which messages `--reason` chose.
+fn reason_note(reason: Option<&str>, skipped: u64) -> String {
+    reason.map_or_else(String::new, |r| {
+        format!(" (reason containing {r:?}; {skipped} not matching left in place)")
+    })
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -229,11 +229,33 @@ pub enum FoundingCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
+    /// Show the dead letters (message id, event id, slug, reason, when it died, deliveries)
+    /// and a count per reason, without removing any
+    List {
+        /// Print one JSON object
+        #[arg(long)]
+        json: bool,
+        /// At most this many messages, from the head of the queue (default: all)
+        #[arg(long)]
+        limit: Option<u64>,
+    },
     /// Move the messages now in the dead-letter queue back onto the main queue
     Replay {
         /// At most this many messages (default: all)
         #[arg(long)]
         limit: Option<u64>,
+        /// Only messages whose reason (x-signup-error) contains this text; the others stay
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Delete dead letters for good: all, or those whose reason contains TEXT
+    Purge {
+        /// Confirm the deletion; without it nothing is deleted
+        #[arg(long)]
+        yes: bool,
+        /// Only messages whose reason (x-signup-error) contains this text; the others stay
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
 }
 

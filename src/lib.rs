@@ -14,8 +14,8 @@
 //! - [`amqp`]: topology, confirmed publishing and outcome events.
 //! - [`metrics`]: every metric, declared once. [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`secrets`]: connection URLs checked before any I/O and never printed with a password.
-//! - [`cli`], [`app`], [`publish`], [`admin`], [`db`], [`telemetry`]: the command line and
-//!   the one-shot commands.
+//! - [`cli`], [`app`], [`publish`], [`admin`], [`dlq`], [`db`], [`telemetry`]: the command
+//!   line and the one-shot commands.
 //!
 //! The README explains the design and how it is tested.
 
@@ -24,6 +24,7 @@ pub mod amqp;
 pub mod app;
 pub mod cli;
 pub mod db;
+pub mod dlq;
 pub mod domain;
 pub mod error;
 pub mod founding;

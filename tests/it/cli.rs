@@ -31,7 +31,9 @@ fn every_subcommand_has_help() {
         &["status", "--help"],
         &["founding", "set-capacity", "--help"],
         &["founding", "list", "--help"],
+        &["dlq", "list", "--help"],
         &["dlq", "replay", "--help"],
+        &["dlq", "purge", "--help"],
     ] {
         let (ok, stdout, _, _) = run(sub, &[]);
         assert!(ok && stdout.contains("Usage"), "{sub:?}");
@@ -62,6 +64,10 @@ fn a_bad_flag_is_named_and_fails() {
         &["status", "--jsn"],
         &["founding", "set-capacity", "lots"],
         &["founding", "list", "--json", "--csv"],
+        &["dlq", "list", "--jsn"],
+        &["dlq", "list", "--limit", "some"],
+        &["dlq", "replay", "--reasons", "x"],
+        &["dlq", "purge", "--yes", "--reason"],
     ] {
         let (ok, _, stderr, _) = run(args, &[]);
         assert!(!ok, "{args:?}");
@@ -92,6 +98,16 @@ fn one_shot_commands_fail_fast_on_unreachable_servers() {
         ),
         (
             &["dlq", "replay"],
+            no_mq,
+            "RabbitMQ at amqp://guest:***@127.0.0.1:1",
+        ),
+        (
+            &["dlq", "list"],
+            no_mq,
+            "RabbitMQ at amqp://guest:***@127.0.0.1:1",
+        ),
+        (
+            &["dlq", "purge", "--yes", "--reason", "invalid"],
             no_mq,
             "RabbitMQ at amqp://guest:***@127.0.0.1:1",
         ),

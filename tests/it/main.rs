@@ -6,6 +6,7 @@ mod helpers;
 
 mod cli;
 mod concurrency;
+mod dlq;
 mod faults;
 mod hostile;
 mod in_process;

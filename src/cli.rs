@@ -136,10 +136,11 @@ pub struct RunArgs {
     /// Unacked deliveries the broker may push to this replica: three batches, one being
     /// published and acked, one being stored, one filling. Bounded so that memory stays flat
     /// and the backlog stays visible as ready messages to autoscalers.
-    #[arg(long, env = "PREFETCH", default_value_t = 300, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "PREFETCH", default_value_t = 1500, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
-    /// Most events stored in one transaction (at most PREFETCH)
-    #[arg(long, env = "BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    /// Most events stored in one transaction (at most PREFETCH); each takes two advisory
+    /// locks, so replicas x 2 x BATCH_SIZE must stay under PostgreSQL's lock table
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub batch_size: u16,
     /// Deliveries of one event that end in a transient error before it is dead-lettered
     #[arg(long, env = "MAX_DELIVERIES", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]

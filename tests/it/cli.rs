@@ -51,7 +51,7 @@ fn every_subcommand_has_help() {
         assert!(stdout.contains(setting), "run --help names {setting}");
     }
     assert!(
-        stdout.contains("default: 300"),
+        stdout.contains("default: 1500"),
         "run --help shows the prefetch default"
     );
 }

@@ -339,7 +339,10 @@ def check_rendering(resources, label, is_overlay):
         job_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
         pod = (spec.get("template") or {}).get("spec") or {}
         jc = (pod.get("containers") or [{}])[0]
-        R.check(jc.get("args") == ["migrate"], f"{label}: the Job runs `signup-worker migrate`")
+        args = jc.get("args") or []
+        R.check(args[:1] == ["migrate"] and "--grant-to" in args,
+                f"{label}: the Job runs `signup-worker migrate --grant-to` (owner migrates, runtime role granted)")
+        R.check("--no-migrate" in (container.get("args") or []), f"{label}: the replicas run with --no-migrate")
         R.check(jc.get("image") == container.get("image"), f"{label}: Job and Deployment run the same image ({jc.get('image')})")
         R.check(pod.get("restartPolicy") in ("Never", "OnFailure") and isinstance(spec.get("backoffLimit"), int)
                 and isinstance(spec.get("ttlSecondsAfterFinished"), int), f"{label}: Job restartPolicy, backoffLimit and TTL set")

@@ -540,3 +540,46 @@ async fn revoked_grants_pause_the_worker_until_granted_again() {
     env.cleanup().await;
     drop_role(&role).await;
 }
+
+/// The Kubernetes layout: replicas run `--no-migrate` and may start before the migration Job.
+/// A schema that is not there yet is an outage: events wait, none is dead-lettered, and all
+/// are stored once `migrate` has run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_migrate_replicas_wait_for_the_schema() {
+    use migration::{Migrator, MigratorTrait};
+    let env = TestEnv::new(100).await;
+    Migrator::down(&env.db, None).await.unwrap();
+    let batch: Vec<_> = (0..20)
+        .map(|i| event(&format!("early-{i}"), false))
+        .collect();
+    env.publish_many(&batch).await;
+    let mut cmd = env.command();
+    cmd.args(["run", "--no-migrate", "--metrics-addr", "127.0.0.1:0"]);
+    let worker = Worker::spawn_command(cmd);
+    // The batch's first statement names what is missing.
+    wait_error_lines(&worker, "does not exist", 2).await;
+    assert_eq!(env.queue_messages(&env.topology.retry_queue()).await, 0);
+    assert!(
+        !worker.is_ready().await,
+        "/readyz fails while the schema is missing"
+    );
+    assert_eq!(
+        env.queue_messages(&env.topology.dead_letter_queue()).await,
+        0
+    );
+    env.run_ok(&["migrate"]);
+    wait_for("the held events", || async {
+        env.tenant_count().await == 20
+    })
+    .await;
+    worker.wait_ready().await;
+    let outcomes = env.wait_outcomes(20).await;
+    assert!(outcomes.iter().all(|o| o.kind == "tenant.signup.completed"));
+    assert_eq!(
+        env.queue_messages(&env.topology.dead_letter_queue()).await,
+        0
+    );
+    env.assert_no_number_burned().await;
+    drop(worker);
+    env.cleanup().await;
+}

@@ -14,6 +14,7 @@
 //! - [`amqp`]: topology, confirmed publishing and outcome events.
 //! - [`metrics`]: every metric, declared once. [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`secrets`]: connection URLs checked before any I/O and never printed with a password.
+//! - [`trace`]: W3C trace context carried from an event to its outcome.
 //! - [`cli`], [`app`], [`publish`], [`admin`], [`dlq`], [`db`], [`telemetry`]: the command
 //!   line and the one-shot commands.
 //!
@@ -34,4 +35,5 @@ pub mod publish;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
+pub mod trace;
 pub mod worker;

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::amqp::{self, Topology};
 use crate::cli::PublishArgs;
 use crate::domain::{signup_body, Tier, SIGNUP_REQUESTED};
+use crate::trace::TraceContext;
 
 /// Confirms awaited at once: enough to keep the broker busy, few enough to bound memory.
 const CONFIRM_WINDOW: usize = 1024;
@@ -170,7 +171,9 @@ pub async fn publish(
             }
             (id, body)
         };
-        let props = amqp::json_properties().with_message_id(message_id.to_string().into());
+        // One trace per published message, as an upstream service would start (contract 1).
+        let props = TraceContext::new_root()
+            .on(amqp::json_properties().with_message_id(message_id.to_string().into()));
         let confirm = amqp::publish(
             &channel,
             &topology.exchange,

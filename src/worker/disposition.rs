@@ -138,11 +138,12 @@ pub fn disposition(
 
 /// Logs and counts one delivery's disposition, once, after its ack. Nothing else counts
 /// events, so a batch that fails before its ack (and comes back) is never counted twice.
-pub fn record(ids: &Ids, disposition: &Disposition, elapsed: Duration) {
+pub fn record(ids: &Ids, disposition: &Disposition, trace_id: Option<&str>, elapsed: Duration) {
     let span = info_span!(
         "signup",
         event_id = ids.event_id.as_deref().unwrap_or(""),
-        slug = ids.slug.as_deref().unwrap_or("")
+        slug = ids.slug.as_deref().unwrap_or(""),
+        trace_id = trace_id.unwrap_or("")
     );
     let _entered = span.enter();
     match disposition {

@@ -25,6 +25,7 @@ use crate::domain::{salvage_ids, SignupRequest};
 use crate::error::{classify_db, sqlstate, DbFailure, RetryReason};
 use crate::metrics::{self, ConflictKind};
 use crate::store::{self, Resolution};
+use crate::trace::TraceContext;
 
 use super::disposition::{disposition, record, Disposition, Ids, Verdict};
 use super::retry::{backoff, sleep_or_stop, Stopped};
@@ -50,6 +51,8 @@ pub(super) struct InFlight {
     received: Instant,
     ids: Ids,
     disposition: Disposition,
+    /// The worker's span for this event, child of the event's `traceparent` if it has one.
+    trace: Option<TraceContext>,
 }
 
 /// A stored batch on its way to the second stage.
@@ -180,6 +183,7 @@ impl Worker {
                 let disposition =
                     disposition(&ids, &verdict, prior, max_deliveries, rand::random());
                 InFlight {
+                    trace: TraceContext::from_properties(&delivery.properties).map(|t| t.child()),
                     delivery,
                     received,
                     ids,
@@ -218,7 +222,13 @@ impl Worker {
             "batch done"
         );
         for item in &batch.items {
-            record(&item.ids, &item.disposition, item.received.elapsed());
+            let trace_id = item.trace.as_ref().map(TraceContext::trace_id);
+            record(
+                &item.ids,
+                &item.disposition,
+                trace_id.as_deref(),
+                item.received.elapsed(),
+            );
         }
         Ok(())
     }
@@ -270,7 +280,11 @@ impl Worker {
                     exchange: &topology.exchange,
                     routing_key: &o.kind,
                     body: Cow::Owned(o.body()),
-                    properties: o.properties(),
+                    // The trace goes on from the worker's span (a DLQ copy keeps the event's).
+                    properties: match &item.trace {
+                        Some(trace) => trace.on(o.properties()),
+                        None => o.properties(),
+                    },
                     mandatory: false,
                     target: &topology.exchange,
                 });

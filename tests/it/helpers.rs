@@ -94,6 +94,8 @@ pub struct TestEnv {
     conn: Connection,
     channel: Channel,
     outcomes: Mutex<Vec<OutcomeEvent>>,
+    /// Per outcome, in the same order: its `traceparent` and `tracestate` headers.
+    outcome_traces: Mutex<Vec<(Option<String>, Option<String>)>>,
 }
 
 impl TestEnv {
@@ -161,6 +163,7 @@ impl TestEnv {
             conn,
             channel,
             outcomes: Mutex::new(Vec::new()),
+            outcome_traces: Mutex::new(Vec::new()),
         }
     }
 
@@ -243,6 +246,11 @@ impl TestEnv {
                 correlation, event.event_id,
                 "correlation_id is the event id"
             );
+            let props = &msg.delivery.properties;
+            self.outcome_traces.lock().unwrap().push((
+                string_header(props, "traceparent"),
+                string_header(props, "tracestate"),
+            ));
             self.outcomes.lock().unwrap().push(event);
             self.channel
                 .basic_ack(msg.delivery.delivery_tag, BasicAckOptions::default())
@@ -250,6 +258,11 @@ impl TestEnv {
                 .unwrap();
         }
         self.outcomes.lock().unwrap().clone()
+    }
+
+    /// The `traceparent` and `tracestate` of the outcomes collected so far, in their order.
+    pub fn outcome_traces(&self) -> Vec<(Option<String>, Option<String>)> {
+        self.outcome_traces.lock().unwrap().clone()
     }
 
     pub async fn wait_outcomes(&self, n: usize) -> Vec<OutcomeEvent> {

@@ -228,3 +228,88 @@ async fn founding_list_shows_the_numbered_tenants_in_order_in_three_forms() {
     drop(worker);
     env.cleanup().await;
 }
+
+/// W3C trace context (contract section 4): the outcome continues the event's trace from the
+/// worker's own span, the DLQ copy keeps the event's headers, a malformed `traceparent` costs
+/// the event nothing, and `publish` starts a trace per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_goes_from_the_event_to_its_outcome_and_dlq_copy() {
+    use lapin::types::{AMQPValue, FieldTable};
+    let env = TestEnv::new(10).await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = |traceparent: &str| {
+        let mut h = FieldTable::default();
+        h.insert(
+            "traceparent".into(),
+            AMQPValue::LongString(traceparent.into()),
+        );
+        h.insert(
+            "tracestate".into(),
+            AMQPValue::LongString("congo=t61rcWkgMzE".into()),
+        );
+        signup_worker::amqp::json_properties().with_headers(h)
+    };
+    let (good, good_id) = event("traced-good", false);
+    env.publish_with(
+        &good,
+        traced(parent).with_message_id(good_id.clone().into()),
+    )
+    .await;
+    env.publish_with(
+        b"not json",
+        traced(parent).with_message_id("traced-bad".into()),
+    )
+    .await;
+    let (odd, odd_id) = event("traced-odd", false);
+    env.publish_with(
+        &odd,
+        traced("00-nonsense").with_message_id(odd_id.clone().into()),
+    )
+    .await;
+    let worker = env.spawn_worker(&[]);
+    let outcomes = env.wait_outcomes(3).await;
+    let traces = env.outcome_traces();
+    let trace_of = |id: &str| {
+        let i = outcomes
+            .iter()
+            .position(|o| o.event_id.as_deref() == Some(id))
+            .unwrap_or_else(|| panic!("no outcome for {id}"));
+        traces[i].clone()
+    };
+    for id in [good_id.as_str(), "traced-bad"] {
+        let (tp, ts) = trace_of(id);
+        let tp = tp.unwrap_or_else(|| panic!("{id}: the outcome carries a traceparent"));
+        assert!(
+            tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp.ends_with("-01"),
+            "{id}: same trace: {tp}"
+        );
+        assert_ne!(tp, parent, "{id}: the worker's own span is the parent");
+        assert_eq!(ts.as_deref(), Some("congo=t61rcWkgMzE"));
+    }
+    assert_eq!(
+        trace_of(&odd_id),
+        (None, None),
+        "a malformed traceparent is ignored"
+    );
+    assert_eq!(env.tenant_count().await, 2, "and costs the event nothing");
+    let dead = env.take_dead_letter_deliveries().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        string_header(&dead[0].properties, "traceparent").as_deref(),
+        Some(parent),
+        "the DLQ copy keeps the event's trace"
+    );
+    // `publish` starts one trace per event.
+    env.run_ok(&["publish", "--count", "3", "--no-progress"]);
+    let outcomes = env.wait_outcomes(6).await;
+    let traces = env.outcome_traces();
+    let new: Vec<_> = traces[3..]
+        .iter()
+        .filter_map(|(tp, _)| tp.clone())
+        .collect();
+    assert_eq!(new.len(), 3, "{outcomes:?}");
+    let trace_ids: std::collections::HashSet<_> = new.iter().map(|t| &t[3..35]).collect();
+    assert_eq!(trace_ids.len(), 3, "a trace per event: {new:?}");
+    drop(worker);
+    env.cleanup().await;
+}

@@ -1,0 +1,205 @@
+//! W3C trace context (`traceparent`, `tracestate`) carried from an event to what the worker
+//! publishes about it (contract section 4).
+//!
+//! The worker's handling of an event is a span whose parent is the event's `traceparent`: it
+//! keeps the trace id, gets a span id of its own, and its outcome event carries a
+//! `traceparent` naming that span, so the trace goes on downstream. A DLQ copy keeps the
+//! event's own headers, hence its trace. A missing or malformed `traceparent` is ignored (a
+//! publisher's bad header must not cost the event anything); `tracestate` is only carried
+//! along with a valid `traceparent`, as the specification says.
+//!
+//! Spans are not exported (no OTLP yet); the trace id is in each event's log span.
+
+use lapin::types::AMQPValue;
+use lapin::BasicProperties;
+
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+/// The specification caps `tracestate` at 32 list members; 512 bytes is what it asks
+/// vendors to propagate at least. Longer values are dropped rather than cut.
+const MAX_TRACESTATE: usize = 512;
+
+/// A span's place in a trace: what a `traceparent` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    flags: u8,
+    state: Option<String>,
+}
+
+impl TraceContext {
+    /// Parses a `traceparent` (version 00, or a later version read as 00 would be) and an
+    /// optional `tracestate`.
+    pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Option<Self> {
+        let t = traceparent.trim();
+        let (version, rest) = t.split_once('-')?;
+        let version = hex_bytes::<1>(version)?[0];
+        if version == 0xff || (version == 0 && rest.len() != 52) || rest.len() < 52 {
+            return None;
+        }
+        if version != 0 && rest.len() > 52 && !rest[52..].starts_with('-') {
+            return None;
+        }
+        let mut parts = rest[..52].split('-');
+        let trace_id = hex_bytes::<16>(parts.next()?)?;
+        let span_id = hex_bytes::<8>(parts.next()?)?;
+        let flags = hex_bytes::<1>(parts.next()?)?[0];
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        let state = tracestate
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE && s.is_ascii())
+            .map(str::to_owned);
+        Some(Self {
+            trace_id,
+            span_id,
+            flags,
+            state,
+        })
+    }
+
+    /// Reads the context an AMQP message carries in its headers, if any.
+    pub fn from_properties(props: &BasicProperties) -> Option<Self> {
+        let headers = props.headers().as_ref()?;
+        let text = |name: &str| match headers.inner().get(name) {
+            Some(AMQPValue::LongString(s)) => std::str::from_utf8(s.as_bytes()).ok(),
+            Some(AMQPValue::ShortString(s)) => Some(s.as_str()),
+            _ => None,
+        };
+        Self::parse(text(TRACEPARENT)?, text(TRACESTATE))
+    }
+
+    /// A new trace, for a message that starts one (`publish`).
+    pub fn new_root() -> Self {
+        Self {
+            trace_id: nonzero(rand::random()),
+            span_id: nonzero(rand::random()),
+            flags: 1,
+            state: None,
+        }
+    }
+
+    /// A span of this trace whose parent is this one: same trace id and flags, a new span id.
+    pub fn child(&self) -> Self {
+        Self {
+            span_id: nonzero(rand::random()),
+            ..self.clone()
+        }
+    }
+
+    pub fn trace_id(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{}-{}-{:02x}",
+            hex(&self.trace_id),
+            hex(&self.span_id),
+            self.flags
+        )
+    }
+
+    /// `props` with this context's `traceparent` (and `tracestate`) headers added.
+    pub fn on(&self, props: BasicProperties) -> BasicProperties {
+        let mut headers = props.headers().clone().unwrap_or_default();
+        headers.insert(
+            TRACEPARENT.into(),
+            AMQPValue::LongString(self.traceparent().into()),
+        );
+        if let Some(state) = &self.state {
+            headers.insert(
+                TRACESTATE.into(),
+                AMQPValue::LongString(state.as_str().into()),
+            );
+        }
+        props.with_headers(headers)
+    }
+}
+
+fn nonzero<const N: usize>(mut bytes: [u8; N]) -> [u8; N] {
+    // All zeros is the one invalid id; a random one is all zeros once in 2^64 or 2^128.
+    if bytes.iter().all(|b| *b == 0) {
+        bytes[N - 1] = 1;
+    }
+    bytes
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Exactly `2 * N` lowercase hex digits.
+fn hex_bytes<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N
+        || !s
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn the_specification_example_round_trips_and_a_child_keeps_the_trace() {
+        let t = TraceContext::parse(EXAMPLE, Some("congo=t61rcWkgMzE")).unwrap();
+        assert_eq!(t.traceparent(), EXAMPLE);
+        assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let c = t.child();
+        assert_eq!(c.trace_id(), t.trace_id());
+        assert_ne!(c.traceparent(), EXAMPLE, "a new span id");
+        assert!(c.traceparent().ends_with("-01"));
+        let props = c.on(BasicProperties::default());
+        let back = TraceContext::from_properties(&props).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.state.as_deref(), Some("congo=t61rcWkgMzE"));
+    }
+
+    #[test]
+    fn malformed_traceparents_are_ignored() {
+        for bad in [
+            "",
+            "garbage",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-701",
+        ] {
+            assert_eq!(TraceContext::parse(bad, None), None, "{bad:?}");
+        }
+        // A later version may append fields after a dash.
+        let v1 = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future";
+        assert!(TraceContext::parse(v1, None).is_some());
+        // tracestate only with a valid traceparent; oversized state dropped.
+        let long = "k=".to_owned() + &"v".repeat(600);
+        assert_eq!(
+            TraceContext::parse(EXAMPLE, Some(&long)).unwrap().state,
+            None
+        );
+    }
+
+    #[test]
+    fn a_new_root_is_a_valid_sampled_trace() {
+        let r = TraceContext::new_root();
+        let back = TraceContext::parse(&r.traceparent(), None).unwrap();
+        assert_eq!(back, r);
+    }
+}

@@ -9,9 +9,9 @@
 //!    for those keys. Whoever held a key before us has committed or rolled back by the time
 //!    we get it, and the lookup is a new statement with a fresh READ COMMITTED snapshot, so it
 //!    sees their rows.
-//! 3. [`plan`] (a pure function) decides each event in delivery order, as if they had come
+//! 2. [`plan`] (a pure function) decides each event in delivery order, as if they had come
 //!    one by one: duplicate of a stored or earlier event, slug taken, or new.
-//! 4. One multi-row INSERT of the new events only; the trigger numbers them in that order.
+//! 3. One multi-row INSERT of the new events only; the trigger numbers them in that order.
 //!
 //! A duplicate therefore costs one lookup, never a number, and never fails its batch-mates.
 

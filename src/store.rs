@@ -16,6 +16,7 @@
 //! A duplicate therefore costs one lookup, never a number, and never fails its batch-mates.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use migration::schema::{LOCK_AND_READ_FUNCTION, TENANTS};
@@ -101,13 +102,13 @@ pub(crate) fn stmt(sql: &str, values: Vec<Value>) -> Statement {
 }
 
 /// The batch's signup locks and its stored twins, in one call (see migration 7): a function,
-/// so raw SQL.
-fn lock_and_read_sql() -> String {
+/// so raw SQL. The statements are built from the schema's names once, not per batch.
+static LOCK_AND_READ_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT id, event_id, slug, is_demo, founding_member_number \
          FROM {LOCK_AND_READ_FUNCTION}($1::uuid[], $2::text[])"
     )
-}
+});
 
 // Raw SQL because the batch goes in as arrays that `unnest` turns into rows, one statement
 // whatever the batch size. `unnest` yields the rows in array order, which is delivery order:
@@ -117,7 +118,7 @@ fn lock_and_read_sql() -> String {
 // PostgreSQL cannot hold fails when the parameters are bound, before the trigger has drawn a
 // number for any row. `occurred_at` travels as a timestamptz[] plus a "known" mask because the
 // driver cannot bind NULL elements in a timestamptz[].
-fn insert_sql() -> String {
+static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO {TENANTS} \
          (event_id, slug, business_name, owner_email, tier, is_demo, occurred_at) \
@@ -128,7 +129,7 @@ fn insert_sql() -> String {
               AS u(event_id, slug, business_name, owner_email, tier, is_demo, occurred_at, occurred_known) \
          RETURNING id, event_id, slug, is_demo, founding_member_number"
     )
-}
+});
 
 /// Stores a batch in one transaction and says, per request and in order, what happened.
 /// On error nothing was committed; the caller classifies the error with
@@ -148,7 +149,7 @@ pub async fn store_batch(
 
     let txn = db.begin().await?;
     let existing = StoredTenant::find_by_statement(stmt(
-        &lock_and_read_sql(),
+        &LOCK_AND_READ_SQL,
         vec![event_ids.into(), slugs.into()],
     ))
     .all(&txn)
@@ -186,7 +187,7 @@ pub async fn store_batch(
                 .collect::<Vec<bool>>()
                 .into(),
         ];
-        for row in txn.query_all(stmt(&insert_sql(), values)).await? {
+        for row in txn.query_all(stmt(&INSERT_SQL, values)).await? {
             let t = StoredTenant::from_query_result(&row, "")?;
             inserted.insert(t.event_id, t);
         }

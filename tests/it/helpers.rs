@@ -93,9 +93,8 @@ pub struct TestEnv {
     pub db: DatabaseConnection,
     conn: Connection,
     channel: Channel,
-    outcomes: Mutex<Vec<OutcomeEvent>>,
-    /// Per outcome, in the same order: its `traceparent` and `tracestate` headers.
-    outcome_traces: Mutex<Vec<(Option<String>, Option<String>)>>,
+    /// Each outcome event with its `traceparent` and `tracestate` headers.
+    outcomes: Mutex<Vec<TracedOutcome>>,
 }
 
 impl TestEnv {
@@ -163,7 +162,6 @@ impl TestEnv {
             conn,
             channel,
             outcomes: Mutex::new(Vec::new()),
-            outcome_traces: Mutex::new(Vec::new()),
         }
     }
 
@@ -247,22 +245,25 @@ impl TestEnv {
                 "correlation_id is the event id"
             );
             let props = &msg.delivery.properties;
-            self.outcome_traces.lock().unwrap().push((
-                string_header(props, "traceparent"),
-                string_header(props, "tracestate"),
-            ));
-            self.outcomes.lock().unwrap().push(event);
+            self.outcomes.lock().unwrap().push(TracedOutcome {
+                event,
+                traceparent: string_header(props, "traceparent"),
+                tracestate: string_header(props, "tracestate"),
+            });
             self.channel
                 .basic_ack(msg.delivery.delivery_tag, BasicAckOptions::default())
                 .await
                 .unwrap();
         }
-        self.outcomes.lock().unwrap().clone()
+        self.traced_outcomes()
+            .into_iter()
+            .map(|t| t.event)
+            .collect()
     }
 
-    /// The `traceparent` and `tracestate` of the outcomes collected so far, in their order.
-    pub fn outcome_traces(&self) -> Vec<(Option<String>, Option<String>)> {
-        self.outcome_traces.lock().unwrap().clone()
+    /// The outcomes collected so far, with their trace headers.
+    pub fn traced_outcomes(&self) -> Vec<TracedOutcome> {
+        self.outcomes.lock().unwrap().clone()
     }
 
     pub async fn wait_outcomes(&self, n: usize) -> Vec<OutcomeEvent> {
@@ -535,6 +536,14 @@ pub fn event_with_id(id: Uuid, slug: &str, is_demo: bool) -> (Vec<u8>, String) {
         ),
         id.to_string(),
     )
+}
+
+/// An outcome event as received, with its W3C trace headers.
+#[derive(Debug, Clone)]
+pub struct TracedOutcome {
+    pub event: OutcomeEvent,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 /// A running `signup-worker run` process. Killed on drop.

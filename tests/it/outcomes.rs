@@ -267,14 +267,14 @@ async fn trace_context_goes_from_the_event_to_its_outcome_and_dlq_copy() {
     )
     .await;
     let worker = env.spawn_worker(&[]);
-    let outcomes = env.wait_outcomes(3).await;
-    let traces = env.outcome_traces();
+    env.wait_outcomes(3).await;
+    let traced = env.traced_outcomes();
     let trace_of = |id: &str| {
-        let i = outcomes
+        let t = traced
             .iter()
-            .position(|o| o.event_id.as_deref() == Some(id))
+            .find(|t| t.event.event_id.as_deref() == Some(id))
             .unwrap_or_else(|| panic!("no outcome for {id}"));
-        traces[i].clone()
+        (t.traceparent.clone(), t.tracestate.clone())
     };
     for id in [good_id.as_str(), "traced-bad"] {
         let (tp, ts) = trace_of(id);
@@ -301,13 +301,13 @@ async fn trace_context_goes_from_the_event_to_its_outcome_and_dlq_copy() {
     );
     // `publish` starts one trace per event.
     env.run_ok(&["publish", "--count", "3", "--no-progress"]);
-    let outcomes = env.wait_outcomes(6).await;
-    let traces = env.outcome_traces();
-    let new: Vec<_> = traces[3..]
+    env.wait_outcomes(6).await;
+    let traced = env.traced_outcomes();
+    let new: Vec<_> = traced[3..]
         .iter()
-        .filter_map(|(tp, _)| tp.clone())
+        .filter_map(|t| t.traceparent.clone())
         .collect();
-    assert_eq!(new.len(), 3, "{outcomes:?}");
+    assert_eq!(new.len(), 3, "{traced:?}");
     let trace_ids: std::collections::HashSet<_> = new.iter().map(|t| &t[3..35]).collect();
     assert_eq!(trace_ids.len(), 3, "a trace per event: {new:?}");
     drop(worker);

@@ -103,7 +103,7 @@ pub(crate) async fn queue_depth(conn: &Connection, name: &str) -> anyhow::Result
 
 pub async fn status(
     database_url: &str,
-    amqp_url: &str,
+    broker: &amqp::Endpoints,
     topology: &Topology,
 ) -> anyhow::Result<StatusReport> {
     let target = DbTarget::parse(database_url)?;
@@ -113,7 +113,7 @@ pub async fn status(
         .with_context(|| format!("reading the founding programme on {}", target.server))?;
     let _ = db.close().await;
 
-    let conn = amqp::connect(amqp_url, "signup-worker status").await?;
+    let conn = amqp::connect(broker, "signup-worker status").await?;
     let queues = Queues {
         main: queue_depth(&conn, &topology.queue).await?,
         retry: queue_depth(&conn, &topology.retry_queue()).await?,

@@ -4,25 +4,22 @@ use anyhow::Context as _;
 
 use crate::cli::{Cli, Command, DlqCommand, FoundingCommand};
 use crate::worker::{self, WorkerSettings};
-use crate::{admin, db::DbTarget, dlq, metrics, publish, secrets};
+use crate::{admin, amqp, db::DbTarget, dlq, metrics, publish, secrets};
 
 pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     let global = cli.global;
     let topology = global.topology();
     // Both URLs are checked before any I/O, so a mistyped one is one clear line (password
-    // masked) and never a connection attempt, a retry loop or a database named after it.
-    let (uses_db, uses_amqp) = match &cli.command {
-        Command::Migrate(_) | Command::Founding { .. } => (true, false),
-        Command::Run(_) | Command::Status(_) => (true, true),
-        Command::Publish(_) | Command::Dlq { .. } => (false, true),
-    };
-    if uses_db {
+    // masked) and never a connection attempt, a retry loop or a database named after it. The
+    // broker list is parsed in each arm, before that arm's first connection.
+    if matches!(
+        cli.command,
+        Command::Migrate(_) | Command::Founding { .. } | Command::Run(_) | Command::Status(_)
+    ) {
         secrets::check_database_url(global.database_url.expose())?;
     }
-    if uses_amqp {
-        secrets::check_amqp_url(global.amqp_url.expose())?;
-    }
-    let (database_url, amqp_url) = (global.database_url.expose(), global.amqp_url.expose());
+    let broker = || amqp::Endpoints::parse(global.amqp_url.expose());
+    let database_url = global.database_url.expose();
     match cli.command {
         Command::Migrate(args) => {
             DbTarget::parse(database_url)?
@@ -49,11 +46,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             worker::run(settings, handle, shutdown_signal()).await?;
         }
         Command::Publish(args) => {
-            let report = publish::publish(amqp_url, &topology, &args).await?;
+            let report = publish::publish(&broker()?, &topology, &args).await?;
             println!("{}", report.summary());
         }
         Command::Status(args) => {
-            let report = admin::status(database_url, amqp_url, &topology).await?;
+            let report = admin::status(database_url, &broker()?, &topology).await?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -85,7 +82,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dlq { command } => match command {
             DlqCommand::List { json, limit } => {
-                let listing = dlq::list(amqp_url, &topology, limit).await?;
+                let listing = dlq::list(&broker()?, &topology, limit).await?;
                 if json {
                     println!("{}", serde_json::to_string(&listing)?);
                 } else {
@@ -93,7 +90,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             DlqCommand::Replay { limit, reason } => {
-                let moved = dlq::replay(amqp_url, &topology, limit, reason.as_deref()).await?;
+                let moved = dlq::replay(&broker()?, &topology, limit, reason.as_deref()).await?;
                 println!(
                     "replayed {} dead-lettered messages onto {}{}",
                     moved.done,
@@ -105,7 +102,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 "dlq purge deletes dead letters for good: add --yes to confirm (dlq list shows them)"
             ),
             DlqCommand::Purge { yes: true, reason } => {
-                let moved = dlq::purge(amqp_url, &topology, reason.as_deref()).await?;
+                let moved = dlq::purge(&broker()?, &topology, reason.as_deref()).await?;
                 println!(
                     "purged {} dead letters from {}{}",
                     moved.done,

@@ -87,6 +87,11 @@ impl DbTarget {
     }
 
     fn unreachable(&self, cause: DbErr) -> DbSetupError {
+        // A certificate failure reads as rustls's type names; say what they mean.
+        let cause = match crate::tls::explain(&cause.to_string()) {
+            Some(_) => DbErr::Custom(crate::tls::describe(cause.to_string())),
+            None => cause,
+        };
         DbSetupError::Unreachable {
             server: self.server.clone(),
             cause,

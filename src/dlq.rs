@@ -139,11 +139,11 @@ impl Walk {
 
 /// Connects, runs `work` and closes the connection whether or not it succeeded.
 async fn with_connection<T>(
-    amqp_url: &str,
+    broker: &amqp::Endpoints,
     name: &str,
     work: impl AsyncFnOnce(&Connection) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let conn = amqp::connect(amqp_url, name).await?;
+    let conn = amqp::connect(broker, name).await?;
     let result = work(&conn).await;
     let _ = conn.close(200, "done".into()).await;
     result
@@ -151,11 +151,11 @@ async fn with_connection<T>(
 
 /// Shows up to `limit` dead letters (all by default) without removing any.
 pub async fn list(
-    amqp_url: &str,
+    broker: &amqp::Endpoints,
     topology: &Topology,
     limit: Option<u64>,
 ) -> anyhow::Result<Listing> {
-    with_connection(amqp_url, "signup-worker dlq list", async |conn| {
+    with_connection(broker, "signup-worker dlq list", async |conn| {
         let channel = conn.create_channel().await?;
         let mut walk = Walk::begin(conn, channel, topology, limit).await?;
         let in_queue = walk.in_queue;
@@ -196,11 +196,11 @@ pub struct Moved {
 /// the others even without a filter, rather than `queue.purge`: it deletes exactly what was
 /// there when it started, never a dead letter that arrived meanwhile and nobody has seen.
 pub async fn purge(
-    amqp_url: &str,
+    broker: &amqp::Endpoints,
     topology: &Topology,
     reason: Option<&str>,
 ) -> anyhow::Result<Moved> {
-    with_connection(amqp_url, "signup-worker dlq purge", async |conn| {
+    with_connection(broker, "signup-worker dlq purge", async |conn| {
         let channel = conn.create_channel().await?;
         let mut walk = Walk::begin(conn, channel, topology, None).await?;
         let mut moved = Moved::default();
@@ -223,12 +223,12 @@ pub async fn purge(
 /// them) back to the exchange with routing key `tenant.signup.requested`, without the failure
 /// headers. Each is acked on the DLQ only after its republish is confirmed.
 pub async fn replay(
-    amqp_url: &str,
+    broker: &amqp::Endpoints,
     topology: &Topology,
     limit: Option<u64>,
     reason: Option<&str>,
 ) -> anyhow::Result<Moved> {
-    with_connection(amqp_url, "signup-worker dlq replay", async |conn| {
+    with_connection(broker, "signup-worker dlq replay", async |conn| {
         let channel = amqp::confirm_channel(conn).await?;
         topology
             .declare(&channel)

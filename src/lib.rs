@@ -11,9 +11,11 @@
 //!   "retry, then dead-letter" (transient) or "dead-letter now" (the event's content).
 //! - [`worker`]: the consume loop: batches, retries, dead letters, acks after commit,
 //!   reconnection, graceful shutdown.
-//! - [`amqp`]: topology, confirmed publishing and outcome events.
+//! - [`amqp`]: broker addresses (a list, TLS files), topology, confirmed publishing and
+//!   outcome events.
 //! - [`metrics`]: every metric, declared once. [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`secrets`]: connection URLs checked before any I/O and never printed with a password.
+//!   [`tls`]: trust roots and plain words for certificate failures, for both drivers.
 //! - [`trace`]: W3C trace context carried from an event to its outcome.
 //! - [`cli`], [`app`], [`publish`], [`admin`], [`dlq`], [`db`], [`telemetry`]: the command
 //!   line and the one-shot commands.
@@ -35,5 +37,6 @@ pub mod publish;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;
 pub mod worker;

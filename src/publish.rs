@@ -80,14 +80,14 @@ fn invalid_body(i: u64, run: &str) -> Vec<u8> {
 }
 
 pub async fn publish(
-    amqp_url: &str,
+    broker: &amqp::Endpoints,
     topology: &Topology,
     args: &PublishArgs,
 ) -> anyhow::Result<PublishReport> {
     if args.duplicates + args.slug_collisions + args.invalid > 1.0 {
         bail!("--duplicates, --slug-collisions and --invalid add up to more than 1");
     }
-    let conn = amqp::connect(amqp_url, "signup-worker publish").await?;
+    let conn = amqp::connect(broker, "signup-worker publish").await?;
     let channel = conn.create_channel().await.context("opening a channel")?;
     topology
         .declare(&channel)

@@ -72,7 +72,7 @@ pub struct UrlError {
     pub problem: String,
 }
 
-fn refuse(var: &'static str, url: &str, problem: impl Into<String>) -> UrlError {
+pub(crate) fn refuse(var: &'static str, url: &str, problem: impl Into<String>) -> UrlError {
     UrlError {
         var,
         masked: mask(url),

@@ -3,25 +3,23 @@
 //! letters, retries) are in [`copies`].
 
 use std::borrow::Cow;
-use std::time::Duration;
 
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use lapin::{Confirmation, PublisherConfirm};
 use serde::Serialize;
 
 use crate::domain::SIGNUP_REQUESTED;
 
 mod copies;
+mod endpoint;
 
 pub use copies::{copy_properties, int_header, prior_attempts, HEADERS_DROPPED_HEADER};
-
-/// Bounds each one-shot command's wait on an unreachable broker well under 30 s.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub use endpoint::{connect, Endpoints, Unreachable, CONNECT_TIMEOUT};
 
 pub const COMPLETED: &str = "tenant.signup.completed";
 pub const REJECTED: &str = "tenant.signup.rejected";
@@ -151,32 +149,6 @@ impl Topology {
             .queue_declare(name.into(), QueueDeclareOptions::durable(), args)
             .await?;
         Ok(())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("cannot reach RabbitMQ at {server}: {reason}")]
-pub struct Unreachable {
-    pub server: String,
-    pub reason: String,
-}
-
-/// Connects with a deadline.
-pub async fn connect(url: &str, name: &str) -> Result<Connection, Unreachable> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    let fail = |reason: String| Unreachable {
-        server: crate::secrets::mask(url),
-        reason,
-    };
-    // Parsed here, not by lapin: lapin's parse error quotes the whole URL, password included.
-    let uri = crate::secrets::check_amqp_url(url).map_err(|e| fail(e.problem))?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(uri, props)).await {
-        Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(fail(e.to_string())),
-        Err(_) => Err(fail(format!(
-            "no answer within {}s",
-            CONNECT_TIMEOUT.as_secs()
-        ))),
     }
 }
 

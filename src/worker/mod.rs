@@ -40,16 +40,19 @@ use crate::error::{classify_db, DbFailure, RetryReason};
 use crate::founding;
 use crate::http::Health;
 use crate::metrics;
-use crate::secrets::{self, SecretUrl};
+use crate::secrets::SecretUrl;
 
 use pipeline::Committed;
 use retry::{sleep_or_stop, Stopped};
 
 /// First wait between attempts to reach PostgreSQL or RabbitMQ; doubles per attempt.
 const CONNECT_RETRY_BASE: Duration = Duration::from_millis(500);
-/// Ceiling of the wait between attempts to reach PostgreSQL or RabbitMQ during an outage:
-/// short enough to notice recovery quickly, long enough not to hammer a restarting server.
-const OUTAGE_BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// Ceiling of the wait between attempts to reach PostgreSQL or RabbitMQ during an outage. A
+/// replica must be consuming again within 5 s of a broker node coming back (issue 11): with
+/// the jitter the wait is 1-2 s, plus the connection itself. Each attempt tries every address
+/// of the list once, so a few replicas cost a restarting node a handful of TCP connects a
+/// second, which it shrugs off.
+const OUTAGE_BACKOFF_CAP: Duration = Duration::from_secs(2);
 /// How often the founding gauges are read from the database, and burned numbers reclaimed.
 /// The gauges are the same on every replica, so a few seconds of lag is harmless; a burned
 /// number is reclaimed on the second tick after it was drawn (the reclaimer looks up to the
@@ -79,8 +82,9 @@ pub async fn run(
     metrics_handle: PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // Refuse a mistyped URL before binding anything: retrying it would loop forever.
-    secrets::check_amqp_url(settings.amqp_url.expose())?;
+    // Refuse a mistyped URL (or a missing certificate file) before binding anything: retrying
+    // it would loop forever.
+    let broker = amqp::Endpoints::parse(settings.amqp_url.expose())?;
     let stop = CancellationToken::new();
     let stop_on_signal = stop.clone();
     tokio::spawn(async move {
@@ -121,6 +125,7 @@ pub async fn run(
 
     let worker = Worker {
         settings,
+        broker,
         db: db.clone(),
         health: health.clone(),
         stop: stop.clone(),
@@ -252,6 +257,7 @@ enum SessionError {
 
 struct Worker {
     settings: WorkerSettings,
+    broker: amqp::Endpoints,
     db: DatabaseConnection,
     health: Arc<Health>,
     stop: CancellationToken,
@@ -290,7 +296,7 @@ impl Worker {
             self.settings.topology.queue,
             std::process::id()
         );
-        let conn = amqp::connect(self.settings.amqp_url.expose(), &name).await?;
+        let conn = amqp::connect(&self.broker, &name).await?;
         let result = self.consume(&conn, attempt).await;
         // Closing returns whatever we still hold to the queue; on error the connection may be
         // gone already, which is fine.

@@ -131,7 +131,7 @@ async fn list_replay_and_purge_by_reason() {
     // More looks than RabbitMQ 4's default quorum delivery limit (20): still all there.
     for _ in 0..25 {
         wait_depths(&env, 0, 6).await;
-        let again = signup_worker::dlq::list(&amqp_url(), &env.topology, None)
+        let again = signup_worker::dlq::list(&broker(), &env.topology, None)
             .await
             .unwrap();
         assert_same(&serde_json::to_value(&again).unwrap(), &first);

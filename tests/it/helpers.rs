@@ -54,6 +54,11 @@ pub fn amqp_url() -> String {
     server_url("AMQP_URL", signup_worker::cli::DEFAULT_AMQP_URL).into()
 }
 
+/// [`amqp_url`], parsed.
+pub fn broker() -> amqp::Endpoints {
+    amqp::Endpoints::parse(&amqp_url()).expect("AMQP_URL for the tests")
+}
+
 /// [`amqp_url`] as another user.
 pub fn amqp_url_as(user: &str, password: &str) -> String {
     let mut url = server_url("AMQP_URL", signup_worker::cli::DEFAULT_AMQP_URL);
@@ -126,7 +131,7 @@ impl TestEnv {
 
         // One connection: the fault tests terminate every other backend of the database.
         let db = DbTarget::parse(&db_url).unwrap().connect(1).await.unwrap();
-        let conn = amqp::connect(&amqp_url(), &format!("test harness {id}"))
+        let conn = amqp::connect(&broker(), &format!("test harness {id}"))
             .await
             .unwrap();
         let channel = amqp::confirm_channel(&conn).await.unwrap();
@@ -462,7 +467,7 @@ impl Drop for TestEnv {
                 return;
             };
             rt.block_on(async move {
-                if let Ok(conn) = amqp::connect(&amqp_url(), "test cleanup").await {
+                if let Ok(conn) = amqp::connect(&broker(), "test cleanup").await {
                     if let Ok(ch) = conn.create_channel().await {
                         for q in &queues {
                             let _ = ch

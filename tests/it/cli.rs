@@ -82,7 +82,7 @@ fn a_bad_flag_is_named_and_fails() {
 fn one_shot_commands_fail_fast_on_unreachable_servers() {
     let no_pg = ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere");
     let no_mq = ("AMQP_URL", "amqp://guest:secret@127.0.0.1:1/%2f");
-    let cases: Vec<(&[&str], (&str, &str), &str)> = vec![
+    let mut cases: Vec<(&[&str], (&str, &str), &str)> = vec![
         (&["migrate"], no_pg, "PostgreSQL at 127.0.0.1:1"),
         (&["status"], no_pg, "PostgreSQL at 127.0.0.1:1"),
         (
@@ -112,6 +112,15 @@ fn one_shot_commands_fail_fast_on_unreachable_servers() {
             "RabbitMQ at amqp://guest:***@127.0.0.1:1",
         ),
     ];
+    let no_mq_list = (
+        "AMQP_URL",
+        "amqp://guest:secret@127.0.0.1:1/%2f,amqps://guest:secret@127.0.0.1:2/%2f",
+    );
+    cases.push((
+        &["dlq", "list"],
+        no_mq_list,
+        "RabbitMQ at any of its 2 addresses: ",
+    ));
     for (args, env, server) in cases {
         let (ok, _, stderr, took) = run(args, &[env, ("RUST_LOG", "off")]);
         assert!(!ok, "{args:?}");

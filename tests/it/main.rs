@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod brokers;
 mod cli;
 mod concurrency;
 mod dlq;

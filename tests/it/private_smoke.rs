@@ -218,9 +218,12 @@ async fn private_rabbit_tls_listener() {
     assert!(!ok, "a client without a certificate was accepted: {text}");
 
     // The plain listener, and the node is ours: the shared broker's name is not in the list.
-    let conn = amqp::connect(&node.amqp_url(), "private smoke")
-        .await
-        .expect("plain AMQP to the private node");
+    let conn = amqp::connect(
+        &amqp::Endpoints::parse(&node.amqp_url()).unwrap(),
+        "private smoke",
+    )
+    .await
+    .expect("plain AMQP to the private node");
     let _ = conn.close(200, "".into()).await;
     assert_eq!(node.running_nodes(), vec![node.node_name().to_owned()]);
 }
@@ -242,9 +245,12 @@ async fn private_rabbit_cluster_quorum_queue() {
     assert_eq!(cluster.node(0).running_nodes(), names);
 
     let queue = "private.smoke.quorum";
-    let conn = amqp::connect(&cluster.node(0).amqp_url(), "private smoke")
-        .await
-        .unwrap();
+    let conn = amqp::connect(
+        &amqp::Endpoints::parse(&cluster.node(0).amqp_url()).unwrap(),
+        "private smoke",
+    )
+    .await
+    .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let mut args = FieldTable::default();
     args.insert(

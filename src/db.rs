@@ -31,6 +31,8 @@ pub enum DbSetupError {
     // one-line error report print the same cause again.
     #[error("cannot reach PostgreSQL at {server}: {cause}")]
     Unreachable { server: String, cause: DbErr },
+    #[error("cannot reach PostgreSQL at {server}: {problem}")]
+    Certificate { server: String, problem: String },
     #[error("migration failed on {server}: {cause}")]
     Migration { server: String, cause: DbErr },
     #[error("cannot grant to role `{role}` on {server}: no such role (create it first, e.g. CREATE ROLE \"{role}\" LOGIN PASSWORD '...'); nothing was granted")]
@@ -87,14 +89,15 @@ impl DbTarget {
     }
 
     fn unreachable(&self, cause: DbErr) -> DbSetupError {
+        let server = self.server.clone();
         // A certificate failure reads as rustls's type names; say what they mean.
-        let cause = match crate::tls::explain(&cause.to_string()) {
-            Some(_) => DbErr::Custom(crate::tls::describe(cause.to_string())),
-            None => cause,
-        };
-        DbSetupError::Unreachable {
-            server: self.server.clone(),
-            cause,
+        let raw = cause.to_string();
+        match crate::tls::explain(&raw) {
+            Some(_) => DbSetupError::Certificate {
+                server,
+                problem: crate::tls::describe(raw),
+            },
+            None => DbSetupError::Unreachable { server, cause },
         }
     }
 

@@ -21,3 +21,4 @@ mod private_smoke;
 mod reclaim;
 mod secrets;
 mod storable;
+mod tls;

@@ -211,17 +211,15 @@ impl PrivatePostgres {
     /// Runs SQL as superuser over the private unix socket; psql's output (unaligned, tuples
     /// only). Panics on error.
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_in("postgres", sql)
+    }
+
+    /// [`Self::psql`] in database `db`.
+    pub fn psql_in(&self, db: &str, sql: &str) -> String {
         run(Command::new(self.bin.join("psql"))
             .arg("-h")
             .arg(&self.socket_dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db])
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]))
     }
 

@@ -12,6 +12,7 @@ mod hostile;
 mod in_process;
 mod invalid;
 mod migrations;
+mod otlp;
 mod outcomes;
 mod reclaim;
 mod secrets;

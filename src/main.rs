@@ -6,7 +6,8 @@ use signup_worker::{app, cli::Cli, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.global.log_format);
+    // Held to the end: dropping it flushes the spans not exported yet.
+    let _telemetry = telemetry::init(cli.global.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -10,11 +10,13 @@ use lapin::options::ConfirmSelectOptions;
 use lapin::PublisherConfirm;
 use rand::seq::IndexedRandom;
 use rand::Rng;
+use tracing::{info_span, Span};
 use uuid::Uuid;
 
 use crate::amqp::{self, Topology};
 use crate::cli::PublishArgs;
 use crate::domain::{signup_body, Tier, SIGNUP_REQUESTED};
+use crate::telemetry;
 use crate::trace::TraceContext;
 
 /// Confirms awaited at once: enough to keep the broker busy, few enough to bound memory.
@@ -172,7 +174,13 @@ pub async fn publish(
             (id, body)
         };
         // One trace per published message, as an upstream service would start (contract 1).
-        let props = TraceContext::new_root()
+        // With OTLP export on, its first span is an exported `publish` span.
+        let span = if telemetry::exporting() {
+            info_span!(parent: None, "publish", event_id = %message_id)
+        } else {
+            Span::none()
+        };
+        let props = TraceContext::root(&span)
             .on(amqp::json_properties().with_message_id(message_id.to_string().into()));
         let confirm = amqp::publish(
             &channel,

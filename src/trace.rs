@@ -8,10 +8,16 @@
 //! publisher's bad header must not cost the event anything); `tracestate` is only carried
 //! along with a valid `traceparent`, as the specification says.
 //!
-//! Spans are not exported (no OTLP yet); the trace id is in each event's log span.
+//! The trace id is in each event's log span. With OTLP export on (see `telemetry`), the
+//! exported span is that same span: its parent is the event's context and its id is the one
+//! the outcome names, so a trace backend links the publisher, the worker and what comes next.
 
 use lapin::types::AMQPValue;
 use lapin::BasicProperties;
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
@@ -71,8 +77,25 @@ impl TraceContext {
         Self::parse(text(TRACEPARENT)?, text(TRACESTATE))
     }
 
-    /// A new trace, for a message that starts one (`publish`).
-    pub fn new_root() -> Self {
+    /// A new trace, for a message that starts one (`publish`), whose first span is `span`
+    /// when OTLP export is on (its context is then the exported span's), else a random one.
+    pub fn root(span: &tracing::Span) -> Self {
+        if crate::telemetry::exporting() {
+            let own = span.context().span().span_context().clone();
+            if own.is_valid() {
+                return Self {
+                    trace_id: own.trace_id().to_bytes(),
+                    span_id: own.span_id().to_bytes(),
+                    flags: own.trace_flags().to_u8(),
+                    state: None,
+                };
+            }
+        }
+        Self::new_root()
+    }
+
+    /// A new trace with random ids.
+    fn new_root() -> Self {
         Self {
             trace_id: nonzero(rand::random()),
             span_id: nonzero(rand::random()),
@@ -81,12 +104,49 @@ impl TraceContext {
         }
     }
 
-    /// A span of this trace whose parent is this one: same trace id and flags, a new span id.
-    pub fn child(&self) -> Self {
-        Self {
-            span_id: nonzero(rand::random()),
-            ..self.clone()
+    /// The context of `span`, a span just created whose parent is this context: the same
+    /// trace and state, and the span's own id. With OTLP export on, this context becomes the
+    /// exported span's parent, and the id and flags are the exported span's (the sampler may
+    /// turn the flags down); otherwise the id is random, as no one else sees the span.
+    pub fn child(&self, span: &tracing::Span) -> Self {
+        let exported = crate::telemetry::exporting()
+            .then(|| self.adopt(span))
+            .flatten();
+        match exported {
+            Some((span_id, flags)) => Self {
+                span_id,
+                flags,
+                ..self.clone()
+            },
+            None => Self {
+                span_id: nonzero(rand::random()),
+                ..self.clone()
+            },
         }
+    }
+
+    /// Makes this context the OpenTelemetry parent of `span` and returns the span id and flags
+    /// the exporter gives it; `None` when no export layer records `span`.
+    fn adopt(&self, span: &tracing::Span) -> Option<([u8; 8], u8)> {
+        let state = self
+            .state
+            .as_deref()
+            .and_then(|s| s.parse::<TraceState>().ok())
+            .unwrap_or_default();
+        let remote = SpanContext::new(
+            TraceId::from_bytes(self.trace_id),
+            SpanId::from_bytes(self.span_id),
+            TraceFlags::new(self.flags),
+            true,
+            state,
+        );
+        span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote))
+            .ok()?;
+        // Reading the context starts the exported span, with the parent just set.
+        let cx = span.context();
+        let own = cx.span().span_context().clone();
+        (own.is_valid() && own.trace_id() == TraceId::from_bytes(self.trace_id))
+            .then(|| (own.span_id().to_bytes(), own.trace_flags().to_u8()))
     }
 
     pub fn trace_id(&self) -> String {
@@ -158,7 +218,7 @@ mod tests {
         let t = TraceContext::parse(EXAMPLE, Some("congo=t61rcWkgMzE")).unwrap();
         assert_eq!(t.traceparent(), EXAMPLE);
         assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        let c = t.child();
+        let c = t.child(&tracing::Span::none());
         assert_eq!(c.trace_id(), t.trace_id());
         assert_ne!(c.traceparent(), EXAMPLE, "a new span id");
         assert!(c.traceparent().ends_with("-01"));

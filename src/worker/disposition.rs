@@ -7,13 +7,14 @@
 
 use std::time::Duration;
 
-use tracing::{debug, info, info_span, warn};
+use tracing::{debug, info, info_span, warn, Span};
 
 use crate::amqp::OutcomeEvent;
 use crate::domain::InvalidEvent;
 use crate::error::DbFailure;
 use crate::metrics::{self, ConflictKind, EventOutcome};
 use crate::store::Resolution;
+use crate::trace::TraceContext;
 
 use super::retry::backoff_with;
 
@@ -136,15 +137,32 @@ pub fn disposition(
     }
 }
 
-/// Logs and counts one delivery's disposition, once, after its ack. Nothing else counts
-/// events, so a batch that fails before its ack (and comes back) is never counted twice.
-pub fn record(ids: &Ids, disposition: &Disposition, trace_id: Option<&str>, elapsed: Duration) {
-    let span = info_span!(
+/// The worker's span for one delivery, from its arrival to its ack: the fields of its log
+/// lines and, with OTLP export on, the exported span (`signup`, with `event_id`, `slug`,
+/// `trace_id` and, once acked, `outcome`; never the owner's email). A root: the delivery's
+/// own trace context, not the batch it came in, is its parent (see `TraceContext::child`).
+pub fn event_span(ids: &Ids, parent: Option<&TraceContext>) -> Span {
+    info_span!(
+        parent: None,
         "signup",
         event_id = ids.event_id.as_deref().unwrap_or(""),
         slug = ids.slug.as_deref().unwrap_or(""),
-        trace_id = trace_id.unwrap_or("")
-    );
+        trace_id = parent.map(TraceContext::trace_id).unwrap_or_default(),
+        outcome = tracing::field::Empty,
+    )
+}
+
+/// Logs and counts one delivery's disposition (in its span, see [`event_span`]), once, after
+/// its ack. Nothing else counts events, so a batch that fails before its ack (and comes back)
+/// is never counted twice.
+pub fn record(span: &Span, disposition: &Disposition, elapsed: Duration) {
+    let outcome = match disposition {
+        Disposition::Complete { counted, .. } | Disposition::DeadLetter { counted, .. } => {
+            counted.as_str()
+        }
+        Disposition::RetryLater { .. } => "retry_later",
+    };
+    span.record("outcome", outcome);
     let _entered = span.enter();
     match disposition {
         Disposition::Complete {

@@ -18,16 +18,16 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions};
 use lapin::types::AMQPValue;
 use lapin::{Channel, Consumer};
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Span};
 
 use crate::amqp::{self, Outgoing, ATTEMPTS_HEADER, ERROR_HEADER};
-use crate::domain::{salvage_ids, SignupRequest};
+use crate::domain::{salvage_ids, InvalidEvent, SignupRequest};
 use crate::error::{classify_db, sqlstate, DbFailure, RetryReason};
 use crate::metrics::{self, ConflictKind};
 use crate::store::{self, Resolution};
 use crate::trace::TraceContext;
 
-use super::disposition::{disposition, record, Disposition, Ids, Verdict};
+use super::disposition::{disposition, event_span, record, Disposition, Ids, Verdict};
 use super::retry::{backoff, sleep_or_stop, Stopped};
 use super::{SessionError, Worker};
 
@@ -49,10 +49,43 @@ const LINGER: Duration = Duration::from_millis(2);
 pub(super) struct InFlight {
     delivery: Delivery,
     received: Instant,
-    ids: Ids,
     disposition: Disposition,
-    /// The worker's span for this event, child of the event's `traceparent` if it has one.
+    /// The worker's span for this event, from its arrival to its ack.
+    span: Span,
+    /// `span`'s place in the event's trace, when the event has a `traceparent`.
     trace: Option<TraceContext>,
+}
+
+/// A delivery as it arrives: parsed, named, and given its span before anything is stored.
+struct Arrived {
+    delivery: Delivery,
+    parsed: Result<SignupRequest, InvalidEvent>,
+    ids: Ids,
+    span: Span,
+    trace: Option<TraceContext>,
+}
+
+impl Arrived {
+    fn new(delivery: Delivery) -> Self {
+        let parsed = SignupRequest::parse(&delivery.data);
+        let ids = match &parsed {
+            Ok(req) => Ids {
+                event_id: Some(req.event_id.to_string()),
+                slug: Some(req.slug.to_string()),
+            },
+            Err(_) => salvaged_ids(&delivery),
+        };
+        let parent = TraceContext::from_properties(&delivery.properties);
+        let span = event_span(&ids, parent.as_ref());
+        let trace = parent.map(|p| p.child(&span));
+        Self {
+            delivery,
+            parsed,
+            ids,
+            span,
+            trace,
+        }
+    }
 }
 
 /// A stored batch on its way to the second stage.
@@ -143,51 +176,40 @@ impl Worker {
     /// Parses and stores one batch, and decides what each delivery owes.
     async fn store_stage(&self, deliveries: Vec<Delivery>) -> Result<Committed, Stopped> {
         let received = Instant::now();
-        let parsed: Vec<(Delivery, Result<SignupRequest, _>)> = deliveries
-            .into_iter()
-            .map(|d| {
-                let p = SignupRequest::parse(&d.data);
-                (d, p)
-            })
+        let arrived: Vec<Arrived> = deliveries.into_iter().map(Arrived::new).collect();
+        let valid: Vec<&SignupRequest> = arrived
+            .iter()
+            .filter_map(|a| a.parsed.as_ref().ok())
             .collect();
-        let valid: Vec<&SignupRequest> =
-            parsed.iter().filter_map(|(_, p)| p.as_ref().ok()).collect();
         let mut stored = self.store_with_retries(&valid).await?.into_iter();
         let retry_queue = self.settings.topology.retry_queue();
         let max_deliveries = self.settings.max_deliveries;
-        let items = parsed
+        let items = arrived
             .into_iter()
-            .map(|(delivery, parsed)| {
-                let (ids, verdict) = match parsed {
-                    Err(invalid) => (salvaged_ids(&delivery), Verdict::Invalid(invalid)),
-                    Ok(req) => {
-                        let ids = Ids {
-                            event_id: Some(req.event_id.to_string()),
-                            slug: Some(req.slug.to_string()),
-                        };
-                        // `store_with_retries` returns one result per request; were one
-                        // missing, retrying the event later is the safe reading.
-                        let verdict = match stored.next() {
-                            Some(Ok(resolution)) => Verdict::Resolved(resolution),
-                            Some(Err(failure)) => Verdict::Failed(failure),
-                            None => Verdict::Failed(DbFailure::Transient {
-                                reason: RetryReason::Other,
-                                founding_number_conflict: false,
-                            }),
-                        };
-                        (ids, verdict)
-                    }
+            .map(|a| {
+                let verdict = match a.parsed {
+                    Err(invalid) => Verdict::Invalid(invalid),
+                    // `store_with_retries` returns one result per request; were one missing,
+                    // retrying the event later is the safe reading.
+                    Ok(_) => match stored.next() {
+                        Some(Ok(resolution)) => Verdict::Resolved(resolution),
+                        Some(Err(failure)) => Verdict::Failed(failure),
+                        None => Verdict::Failed(DbFailure::Transient {
+                            reason: RetryReason::Other,
+                            founding_number_conflict: false,
+                        }),
+                    },
                 };
                 let prior =
-                    amqp::prior_attempts(&delivery.properties, &retry_queue, max_deliveries);
+                    amqp::prior_attempts(&a.delivery.properties, &retry_queue, max_deliveries);
                 let disposition =
-                    disposition(&ids, &verdict, prior, max_deliveries, rand::random());
+                    disposition(&a.ids, &verdict, prior, max_deliveries, rand::random());
                 InFlight {
-                    trace: TraceContext::from_properties(&delivery.properties).map(|t| t.child()),
-                    delivery,
+                    delivery: a.delivery,
                     received,
-                    ids,
                     disposition,
+                    span: a.span,
+                    trace: a.trace,
                 }
             })
             .collect();
@@ -222,14 +244,9 @@ impl Worker {
             "batch done"
         );
         for item in &batch.items {
-            let trace_id = item.trace.as_ref().map(TraceContext::trace_id);
-            record(
-                &item.ids,
-                &item.disposition,
-                trace_id.as_deref(),
-                item.received.elapsed(),
-            );
+            record(&item.span, &item.disposition, item.received.elapsed());
         }
+        // Dropping the batch closes the events' spans (and hands them to the exporter).
         Ok(())
     }
 

@@ -16,6 +16,7 @@ mod hostile;
 mod in_process;
 mod invalid;
 mod migrations;
+mod otlp;
 mod outcomes;
 mod private_smoke;
 mod reclaim;

@@ -58,9 +58,9 @@ const OUTAGE_BACKOFF_CAP: Duration = Duration::from_secs(2);
 /// number is reclaimed on the second tick after it was drawn (the reclaimer looks up to the
 /// position of the previous tick), within the contract's 10 s.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(2);
-/// Connections per replica: one batch at a time plus the gauge refresher, with a spare for a
-/// connection being replaced after a failure.
-const DB_POOL_SIZE: u32 = 3;
+/// Connections per replica: the store transactions in flight (two) plus the gauge refresher,
+/// with a spare for a connection being replaced after a failure.
+const DB_POOL_SIZE: u32 = 4;
 
 /// Everything `run` needs, already parsed.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
-use futures_lite::StreamExt;
+use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions};
 use lapin::types::AMQPValue;
@@ -44,6 +44,11 @@ const DRAIN_IDLE: Duration = Duration::from_millis(300);
 /// so at 1,000 signups/s, where batches held one or two events, waiting 2 ms halved the CPU
 /// per signup of the worker and of PostgreSQL, for 1 to 2 ms of latency (docs/BENCHMARKS.md).
 const LINGER: Duration = Duration::from_millis(2);
+/// Store transactions one replica runs at once. Each waits a few ms for its WAL flush, during
+/// which a single transaction leaves the replica idle; a second one overlaps that wait. Every
+/// event holds two advisory locks until its transaction ends, so a replica holds up to
+/// `2 × STORES_IN_FLIGHT × BATCH_SIZE` locks (see the README's lock-table limit).
+const STORES_IN_FLIGHT: usize = 2;
 
 /// One delivery on its way through the pipeline, with everything decided about it.
 pub(super) struct InFlight {
@@ -103,10 +108,40 @@ impl Worker {
         consumer: &mut Consumer,
         committed: mpsc::Sender<Committed>,
     ) -> Result<(), SessionError> {
+        // Batches are collected while up to STORES_IN_FLIGHT earlier ones are being stored, and
+        // leave in delivery order (`buffered` keeps it), so the finisher's ack(multiple) still
+        // covers exactly one batch. All of it runs in this one task: no extra thread hand-off.
+        let (batches, to_store) = mpsc::channel::<Vec<Delivery>>(1);
+        let store = async {
+            let to_store = futures_util::stream::unfold(to_store, |mut rx| async move {
+                rx.recv().await.map(|batch| (batch, rx))
+            });
+            let mut stored = std::pin::pin!(to_store
+                .map(|batch| self.store_stage(batch))
+                .buffered(STORES_IN_FLIGHT));
+            while let Some(done) = stored.next().await {
+                committed
+                    .send(done?)
+                    .await
+                    .map_err(|_| SessionError::PipelineClosed)?;
+            }
+            Ok::<_, SessionError>(())
+        };
+        tokio::try_join!(self.collect(consumer, batches), store)?;
+        self.shut_down(consume_channel, consumer, &committed).await
+    }
+
+    /// Takes deliveries in batches until shutdown; dropping `batches` on return lets the
+    /// stores in flight finish.
+    async fn collect(
+        &self,
+        consumer: &mut Consumer,
+        batches: mpsc::Sender<Vec<Delivery>>,
+    ) -> Result<(), SessionError> {
         loop {
             let first = tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => break,
+                _ = self.stop.cancelled() => return Ok(()),
                 next = consumer.next() => next,
             };
             let mut batch = Vec::with_capacity(self.settings.batch_size);
@@ -127,17 +162,24 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            let done = self.store_stage(batch).await?;
-            committed
-                .send(done)
+            batches
+                .send(batch)
                 .await
                 .map_err(|_| SessionError::PipelineClosed)?;
             if ended {
                 return Err(SessionError::ConsumerCancelled);
             }
         }
+    }
 
-        // Shutdown: stop the flow, then finish and ack what the broker already sent us.
+    /// After the last batch is stored: stop the flow, then finish and ack what the broker
+    /// already sent us.
+    async fn shut_down(
+        &self,
+        consume_channel: &Channel,
+        consumer: &mut Consumer,
+        committed: &mpsc::Sender<Committed>,
+    ) -> Result<(), SessionError> {
         self.health.set_consuming(false);
         consume_channel
             .basic_cancel(consumer.tag(), BasicCancelOptions::default())

@@ -231,7 +231,18 @@ async fn replicas_and_publisher_ride_out_node_stops() {
                 continue;
             };
             if v["level"] == "WARN" || v["level"] == "ERROR" {
-                let what = format!("{} {}", v["level"], v["fields"]["message"]);
+                let error: String = v["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(90)
+                    .collect();
+                let what = format!(
+                    "{} {} {}: {error}",
+                    v["level"].as_str().unwrap_or_default(),
+                    v["target"].as_str().unwrap_or_default(),
+                    v["message"].as_str().unwrap_or_default()
+                );
                 *warnings.entry(what).or_default() += 1;
             }
         }
@@ -262,7 +273,9 @@ async fn replicas_and_publisher_ride_out_node_stops() {
         stored.len(),
         outcomes.len(),
     );
-    eprintln!("CLUSTER warnings and errors logged by the replicas: {warnings:?}");
+    let mut warnings: Vec<_> = warnings.into_iter().collect();
+    warnings.sort();
+    eprintln!("CLUSTER warnings and errors logged by the replicas: {warnings:#?}");
     eprintln!("CLUSTER test took {:?}", started.elapsed());
 
     let _ = admin.close(200, "".into()).await;

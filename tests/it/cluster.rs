@@ -221,6 +221,14 @@ async fn replicas_and_publisher_ride_out_node_stops() {
             "{}",
             logs.join("\n")
         );
+        // A store cancelled inside BEGIN left its pooled connection in a transaction, which
+        // the next BEGIN on it reported (see `store_attempt` in src/worker/pipeline.rs).
+        assert!(
+            logs.iter()
+                .all(|l| !l.contains("there is already a transaction in progress")),
+            "a connection went back to the pool inside a transaction:\n{}",
+            logs.join("\n")
+        );
         sessions_lost.push(
             logs.iter()
                 .filter(|l| l.contains("RabbitMQ session ended"))

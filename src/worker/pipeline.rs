@@ -18,7 +18,8 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions};
 use lapin::types::AMQPValue;
 use lapin::{Channel, Consumer};
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn, Span};
+
+use tracing::{debug, error, info, warn, Instrument as _, Span};
 
 use crate::amqp::{self, Outgoing, ATTEMPTS_HEADER, ERROR_HEADER};
 use crate::domain::{salvage_ids, InvalidEvent, SignupRequest};
@@ -352,6 +353,35 @@ impl Worker {
         Ok(amqp::publish_all(channel, owed).await?)
     }
 
+    /// One attempt at storing a batch, run as a task of its own so that it always ends in
+    /// COMMIT or ROLLBACK. Awaited inline, it would be cancelled whenever the session ends
+    /// under it (a lost broker connection fails the publishing stage, and `try_join!` drops
+    /// this one); sqlx 0.8 queues a ROLLBACK for a cancelled transaction only once its BEGIN
+    /// has completed, so a cancellation inside BEGIN returned the connection to the pool in a
+    /// transaction nobody would end. The next batch on it then merged into that transaction
+    /// (PostgreSQL's "there is already a transaction in progress"), and a plain statement on
+    /// it (the gauge refresher's) left it idle in the transaction until
+    /// `idle_in_transaction_session_timeout` ended the session. Seen in the cluster test, on
+    /// the replicas whose node was stopped. A batch stored after its session ended is not
+    /// acked: it comes back and resolves as duplicates, like any lost ack.
+    async fn store_attempt(
+        &self,
+        requests: &[&SignupRequest],
+    ) -> Result<Result<Vec<Resolution>, sea_orm::DbErr>, Stopped> {
+        let db = self.db.clone();
+        let owned: Vec<SignupRequest> = requests.iter().map(|r| (*r).clone()).collect();
+        let attempt = async move {
+            let requests: Vec<&SignupRequest> = owned.iter().collect();
+            store::store_batch(&db, &requests).await
+        };
+        match tokio::spawn(attempt.in_current_span()).await {
+            Ok(result) => Ok(result),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down.
+            Err(_) => Err(Stopped),
+        }
+    }
+
     /// Stores the batch, holding it through outages and splitting it on any other failure.
     /// Returns one result per request; an `Err` is an event that failed on its own (its
     /// content, or a transient error that outlasted the quick attempts).
@@ -365,7 +395,7 @@ impl Worker {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let error = match store::store_batch(&self.db, requests).await {
+            let error = match self.store_attempt(requests).await? {
                 Ok(resolutions) => {
                     self.health.set_database(true);
                     self.health.set_store_blocked(false);

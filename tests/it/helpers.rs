@@ -602,6 +602,16 @@ impl Worker {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The process id (a replica's AMQP connection name carries it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
         let mut stream = tokio::net::TcpStream::connect(&self.metrics_addr)
             .await

@@ -9,6 +9,7 @@ mod private;
 
 mod brokers;
 mod cli;
+mod cluster;
 mod concurrency;
 mod dlq;
 mod faults;

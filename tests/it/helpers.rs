@@ -594,10 +594,6 @@ impl Worker {
         }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }

@@ -15,6 +15,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(_) | Command::Founding { .. } => (true, false),
         Command::Run(_) | Command::Status(_) => (true, true),
         Command::Publish(_) | Command::Dlq { .. } => (false, true),
+        Command::Schema(_) => (false, false),
     };
     if uses_db {
         secrets::check_database_url(global.database_url.expose())?;
@@ -24,6 +25,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     }
     let (database_url, amqp_url) = (global.database_url.expose(), global.amqp_url.expose());
     match cli.command {
+        Command::Schema(args) => print!("{}", args.name.text()),
         Command::Migrate(args) => {
             DbTarget::parse(database_url)?
                 .migrate(args.capacity.founding_capacity, &args.grant_to)

@@ -15,6 +15,7 @@
 //! - [`metrics`]: every metric, declared once. [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`secrets`]: connection URLs checked before any I/O and never printed with a password.
 //! - [`trace`]: W3C trace context carried from an event to its outcome.
+//! - [`schema`]: the JSON Schemas of the events, built in from `docs/schemas/`.
 //! - [`cli`], [`app`], [`publish`], [`admin`], [`dlq`], [`db`], [`telemetry`]: the command
 //!   line and the one-shot commands.
 //!
@@ -32,6 +33,7 @@ pub mod founding;
 pub mod http;
 pub mod metrics;
 pub mod publish;
+pub mod schema;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

@@ -13,6 +13,7 @@ mod in_process;
 mod invalid;
 mod migrations;
 mod outcomes;
+mod publishers;
 mod reclaim;
 mod secrets;
 mod storable;

@@ -76,7 +76,8 @@ fn rust_example() -> PathBuf {
     // fingerprints differ and it rebuilds what scripts/test.sh has built already.
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
-        if (name.starts_with("CARGO_") && name != "CARGO_HOME") || name == "LD_LIBRARY_PATH" {
+        let for_tests = ["LD_LIBRARY_PATH", "MAKEFLAGS", "MFLAGS"].contains(&name.as_ref());
+        if (name.starts_with("CARGO_") && name != "CARGO_HOME") || for_tests {
             build.env_remove(name.as_ref());
         }
     }

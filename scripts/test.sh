@@ -37,14 +37,17 @@ echo "ok"
 section "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --release -- -D warnings
 
-section "cargo build --release (the binary the deployment checks run)"
-cargo build --release
+section "cargo build --release (the binary the deployment checks run, and the examples)"
+cargo build --release --bins --examples
 
 section "deployment files (compose, Kubernetes, Dockerfile)"
 deploy/tests/check-manifests.sh
 
 section "observability (promtool, dashboard, a real Prometheus scraping a real worker)"
 deploy/tests/check-observability.sh
+
+section "AsyncAPI document (docs/asyncapi.yaml and the schemas it references)"
+scripts/check-asyncapi.sh
 
 section "cargo test (unit and integration, release)"
 # Doc tests are left out: the crates have none, and a trailing "0 passed" would hide the count.

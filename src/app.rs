@@ -21,6 +21,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     let broker = || amqp::Endpoints::parse(global.amqp_url.expose());
     let database_url = global.database_url.expose();
     match cli.command {
+        Command::Schema(args) => print!("{}", args.name.text()),
         Command::Migrate(args) => {
             DbTarget::parse(database_url)?
                 .migrate(args.capacity.founding_capacity, &args.grant_to)

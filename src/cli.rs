@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::amqp::{QueueType, Topology};
+use crate::schema::Schema;
 use crate::secrets::SecretUrl;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/signup_worker";
@@ -107,6 +108,23 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Print the JSON Schema (draft 2020-12) of the signup event or of an outcome event, as
+    /// built into this binary
+    #[command(
+        long_about = "Print the JSON Schema (draft 2020-12) of the signup event or of an outcome \
+                      event, as built into this binary. Without an argument it prints the schema \
+                      of the signup event (`request`), the one publishers validate against, so \
+                      stdout is always one schema document. docs/asyncapi.yaml in the repository \
+                      describes the channels and references the same schemas."
+    )]
+    Schema(SchemaArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SchemaArgs {
+    /// Which schema: the signup event publishers send, or one of the outcome events
+    #[arg(value_enum, default_value_t = Schema::Request)]
+    pub name: Schema,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -284,6 +302,11 @@ mod tests {
         assert!(matches!(cli.command, Command::Publish(p) if p.count == 5 && p.duplicates == 0.5));
         assert!(Cli::try_parse_from(["signup-worker", "publish", "--duplicates", "2"]).is_err());
         assert!(Cli::try_parse_from(["signup-worker", "run", "--bogus"]).is_err());
+        let cli = Cli::try_parse_from(["signup-worker", "schema"]).unwrap();
+        assert!(matches!(cli.command, Command::Schema(a) if a.name == Schema::Request));
+        let cli = Cli::try_parse_from(["signup-worker", "schema", "rejected"]).unwrap();
+        assert!(matches!(cli.command, Command::Schema(a) if a.name == Schema::Rejected));
+        assert!(Cli::try_parse_from(["signup-worker", "schema", "bogus"]).is_err());
         let cli = Cli::try_parse_from(["signup-worker", "founding", "set-capacity", "7"]).unwrap();
         assert!(matches!(
             cli.command,

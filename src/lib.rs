@@ -17,6 +17,7 @@
 //! - [`secrets`]: connection URLs checked before any I/O and never printed with a password.
 //!   [`tls`]: trust roots and plain words for certificate failures, for both drivers.
 //! - [`trace`]: W3C trace context carried from an event to its outcome.
+//! - [`schema`]: the JSON Schemas of the events, built in from `docs/schemas/`.
 //! - [`cli`], [`app`], [`publish`], [`admin`], [`dlq`], [`db`], [`telemetry`]: the command
 //!   line and the one-shot commands.
 //!
@@ -34,6 +35,7 @@ pub mod founding;
 pub mod http;
 pub mod metrics;
 pub mod publish;
+pub mod schema;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

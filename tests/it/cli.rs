@@ -34,6 +34,7 @@ fn every_subcommand_has_help() {
         &["dlq", "list", "--help"],
         &["dlq", "replay", "--help"],
         &["dlq", "purge", "--help"],
+        &["schema", "--help"],
     ] {
         let (ok, stdout, _, _) = run(sub, &[]);
         assert!(ok && stdout.contains("Usage"), "{sub:?}");
@@ -54,6 +55,41 @@ fn every_subcommand_has_help() {
         stdout.contains("default: 1500"),
         "run --help shows the prefetch default"
     );
+}
+
+#[test]
+fn schema_prints_the_files_of_docs_schemas() {
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/schemas");
+    let file = |name: &str| std::fs::read_to_string(docs.join(name)).unwrap();
+    for (args, name) in [
+        (&["schema"][..], "tenant.signup.requested.json"),
+        (&["schema", "request"], "tenant.signup.requested.json"),
+        (&["schema", "completed"], "tenant.signup.completed.json"),
+        (&["schema", "rejected"], "tenant.signup.rejected.json"),
+    ] {
+        // No server is needed: unreachable URLs change nothing.
+        let (ok, stdout, stderr, _) = run(
+            args,
+            &[
+                ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+                ("AMQP_URL", "amqp://nobody:secret@127.0.0.1:1/%2f"),
+            ],
+        );
+        assert!(ok, "{args:?}: {stderr}");
+        assert_eq!(stdout, file(name), "{args:?} prints {name} byte for byte");
+    }
+    let (_, help, _, _) = run(&["schema", "--help"], &[]);
+    for word in [
+        "request",
+        "completed",
+        "rejected",
+        "Without an argument",
+        "2020-12",
+    ] {
+        assert!(help.contains(word), "schema --help says {word:?}:\n{help}");
+    }
+    let (ok, _, stderr, _) = run(&["schema", "outcome"], &[]);
+    assert!(!ok && stderr.contains("outcome"), "{stderr}");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use entity::prelude::Tenants;
@@ -23,6 +23,7 @@ use sea_orm::{
 use signup_worker::amqp::{self, OutcomeEvent, QueueType, Topology};
 use signup_worker::db::DbTarget;
 use signup_worker::domain::{signup_body, Tier, SIGNUP_REQUESTED};
+use signup_worker::schema::Schema;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
@@ -238,6 +239,7 @@ impl TestEnv {
                 .await
                 .unwrap();
             let Some(msg) = got else { break };
+            assert_matches_its_schema(&msg.delivery.data, &msg.delivery.properties);
             let event: OutcomeEvent = serde_json::from_slice(&msg.delivery.data).unwrap();
             let correlation = msg
                 .delivery
@@ -541,6 +543,69 @@ pub fn event_with_id(id: Uuid, slug: &str, is_demo: bool) -> (Vec<u8>, String) {
         ),
         id.to_string(),
     )
+}
+
+/// The outcome schemas the binary publishes (docs/schemas/), compiled once per test binary,
+/// with format assertion on as their descriptions ask of consumers.
+fn outcome_validator(schema: Schema) -> &'static jsonschema::Validator {
+    static VALIDATORS: OnceLock<Vec<(Schema, jsonschema::Validator)>> = OnceLock::new();
+    let all = VALIDATORS.get_or_init(|| {
+        [Schema::Completed, Schema::Rejected]
+            .into_iter()
+            .map(|s| {
+                let doc: serde_json::Value = serde_json::from_str(s.text()).unwrap();
+                let v = jsonschema::draft202012::options()
+                    .should_validate_formats(true)
+                    .build(&doc)
+                    .unwrap_or_else(|e| panic!("{s:?} schema: {e}"));
+                (s, v)
+            })
+            .collect()
+    });
+    let (_, v) = all
+        .iter()
+        .find(|(s, _)| *s == schema)
+        .expect("an outcome schema");
+    v
+}
+
+/// Every outcome event a test captures is checked here, whatever the test is about: the body
+/// matches the published schema for its `type` and names no field the schema does not (a
+/// consumer ignores unknown fields, but a field the worker adds without documenting it is
+/// drift), and its AMQP properties are the documented ones (docs/asyncapi.yaml).
+fn assert_matches_its_schema(body: &[u8], props: &lapin::BasicProperties) {
+    let value: serde_json::Value = serde_json::from_slice(body).expect("an outcome is JSON");
+    let kind = value["type"].as_str().unwrap_or_default();
+    let schema = Schema::for_outcome(kind)
+        .unwrap_or_else(|| panic!("an outcome event of unknown type: {value}"));
+    let errors: Vec<String> = outcome_validator(schema)
+        .iter_errors(&value)
+        .map(|e| format!("{e} (at {})", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "an outcome event does not match docs/schemas/{kind}.json: {errors:?}\n{value}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(schema.text()).unwrap();
+    let named = doc["properties"]
+        .as_object()
+        .expect("the schema names its properties");
+    let undocumented: Vec<&String> = value
+        .as_object()
+        .expect("an object, as the schema says")
+        .keys()
+        .filter(|k| !named.contains_key(*k))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "an outcome event has fields its schema does not name: {undocumented:?}\n{value}"
+    );
+    assert_eq!(
+        props.content_type().as_ref().map(|c| c.as_str()),
+        Some("application/json"),
+        "content_type of {value}"
+    );
+    assert_eq!(*props.delivery_mode(), Some(2), "delivery_mode of {value}");
 }
 
 /// An outcome event as received, with its W3C trace headers.

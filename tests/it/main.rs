@@ -20,6 +20,7 @@ mod migrations;
 mod otlp;
 mod outcomes;
 mod private_smoke;
+mod publishers;
 mod reclaim;
 mod secrets;
 mod storable;

@@ -58,8 +58,9 @@ const OUTAGE_BACKOFF_CAP: Duration = Duration::from_secs(2);
 /// number is reclaimed on the second tick after it was drawn (the reclaimer looks up to the
 /// position of the previous tick), within the contract's 10 s.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(2);
-/// Connections per replica: the store transactions in flight (two) plus the gauge refresher,
-/// with a spare for a connection being replaced after a failure.
+/// Connections per replica: the store transaction in flight, the gauge refresher, one for a
+/// store attempt of a session that just ended (it runs to its COMMIT or ROLLBACK as a task of
+/// its own while the next session starts), and a spare for a connection being replaced.
 const DB_POOL_SIZE: u32 = 4;
 
 /// Everything `run` needs, already parsed.

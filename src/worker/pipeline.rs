@@ -48,8 +48,10 @@ const LINGER: Duration = Duration::from_millis(2);
 /// Store transactions one replica runs at once. Each waits a few ms for its WAL flush, during
 /// which a single transaction leaves the replica idle; a second one overlaps that wait. Every
 /// event holds two advisory locks until its transaction ends, so a replica holds up to
-/// `2 × STORES_IN_FLIGHT × BATCH_SIZE` locks (see the README's lock-table limit).
-const STORES_IN_FLIGHT: usize = 2;
+/// `2 × STORES_IN_FLIGHT × BATCH_SIZE` locks (see the README's lock-table limit). Two bought
+/// about 8% at one replica (17.0k against 15.7k signups/s, two runs each, docs/BENCHMARKS.md)
+/// for twice the locks, which would halve the replicas the lock table allows: left at one.
+const STORES_IN_FLIGHT: usize = 1;
 
 /// One delivery on its way through the pipeline, with everything decided about it.
 pub(super) struct InFlight {

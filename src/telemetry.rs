@@ -100,11 +100,14 @@ impl Drop for Telemetry {
 
 pub fn init(format: LogFormat) -> Telemetry {
     // The defaults quiet two chatty dependencies: PostgreSQL NOTICEs relayed by sqlx ("relation
-    // already exists, skipping" on every idempotent migration run) and lapin's own error line
-    // for a channel it closes during a normal shutdown. RUST_LOG overrides all of it (within
-    // the credential cap above).
+    // already exists, skipping" on every idempotent migration run) and lapin, whose ERROR lines
+    // repeat what our own line says with the same cause (a node stopping: "Connection reset by
+    // peer" and CONNECTION_FORCED next to the worker's WARN; `dlq list` on a DLQ not declared
+    // yet: NOT_FOUND before its "0 dead letters"), and would break the one-error-line rule of
+    // the one-shot commands. Every lapin error reaches us as a `Result` and is reported there.
+    // RUST_LOG overrides all of it (within the credential cap above).
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn,lapin=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn,lapin=off"));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal, never into log files.

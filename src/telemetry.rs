@@ -72,6 +72,37 @@ fn export_wanted(var: impl Fn(&str) -> Option<String>) -> bool {
         && !is("OTEL_TRACES_EXPORTER", "none")
 }
 
+/// Why the configured export cannot work with this build, if it cannot: it speaks OTLP over
+/// plain HTTP with protobuf only (see `otlp_provider`). Said once at start, in words, instead
+/// of a "network error" on every export.
+fn unsupported_export(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let first = |names: [&str; 2]| {
+        names
+            .iter()
+            .find_map(|n| var(n).filter(|v| !v.trim().is_empty()))
+    };
+    let endpoint = first([
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ])
+    .unwrap_or_default();
+    if !endpoint.trim().to_ascii_lowercase().starts_with("http://") {
+        return Some(format!(
+            "endpoint {endpoint} is not http://: this build exports over plain HTTP only (use a \
+             collector or agent beside the worker for TLS)"
+        ));
+    }
+    match first([
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]) {
+        Some(p) if p.trim() != "http/protobuf" => Some(format!(
+            "protocol {p} is not supported: this build speaks http/protobuf only"
+        )),
+        _ => None,
+    }
+}
+
 /// True when spans are exported over OTLP. Callers use it to skip OpenTelemetry work (a remote
 /// parent context per event) that would be thrown away without the layer.
 pub fn exporting() -> bool {
@@ -120,10 +151,14 @@ pub fn init(format: LogFormat) -> Telemetry {
             .boxed(),
         LogFormat::Text => fmt.boxed(),
     };
-    let (provider, build_error) = if export_wanted(|name| std::env::var(name).ok()) {
-        match otlp_provider() {
-            Ok(provider) => (Some(provider), None),
-            Err(error) => (None, Some(error)),
+    let env = |name: &str| std::env::var(name).ok();
+    let (provider, build_error) = if export_wanted(env) {
+        match unsupported_export(env) {
+            Some(problem) => (None, Some(problem)),
+            None => match otlp_provider() {
+                Ok(provider) => (Some(provider), None),
+                Err(error) => (None, Some(error.to_string())),
+            },
         }
     } else {
         (None, None)
@@ -306,5 +341,42 @@ mod tests {
             .with_service_name("signups-eu")
             .build();
         assert_eq!(name(&named(given)).as_deref(), Some("signups-eu"));
+    }
+
+    #[test]
+    fn unsupported_endpoints_and_protocols_are_named() {
+        let check = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            unsupported_export(move |name| {
+                vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            })
+        };
+        assert_eq!(
+            check(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]),
+            None
+        );
+        assert!(check(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")])
+            .unwrap()
+            .contains("plain HTTP only"));
+        assert!(check(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        ])
+        .unwrap()
+        .contains("grpc"));
+        // The traces-only endpoint wins over the general one.
+        assert_eq!(
+            check(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://c:4318/v1/traces"
+                )
+            ]),
+            None
+        );
     }
 }

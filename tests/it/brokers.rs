@@ -19,16 +19,9 @@ async fn a_dead_address_in_the_list_is_skipped() {
     for w in &workers {
         w.wait_ready().await;
     }
-    let out = env
-        .command()
-        .env("AMQP_URL", &list)
-        .args(["publish", "--count", "60", "--no-progress"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    env.run_ok_with(
+        &["publish", "--count", "60", "--no-progress"],
+        &[("AMQP_URL", list.as_str())],
     );
     wait_for("60 tenants", || async { env.tenant_count().await == 60 }).await;
     env.assert_numbering_invariants().await;

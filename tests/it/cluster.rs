@@ -9,9 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 use sea_orm::{ConnectionTrait as _, DbBackend, Statement};
@@ -317,22 +315,7 @@ async fn declare_outcome_capture(channel: &Channel, topology: &Topology, id: &st
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    channel
-        .queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), args)
-        .await
-        .unwrap();
-    for key in [amqp::COMPLETED, amqp::REJECTED] {
-        channel
-            .queue_bind(
-                name.as_str().into(),
-                topology.exchange.as_str().into(),
-                key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-    }
+    crate::helpers::declare_outcome_capture(channel, topology, &name, args).await;
     name
 }
 

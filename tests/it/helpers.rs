@@ -138,26 +138,7 @@ impl TestEnv {
         let channel = amqp::confirm_channel(&conn).await.unwrap();
         topology.declare(&channel).await.unwrap();
         let outcome_queue = format!("test.{id}.outcomes");
-        channel
-            .queue_declare(
-                outcome_queue.as_str().into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        for key in [amqp::COMPLETED, amqp::REJECTED] {
-            channel
-                .queue_bind(
-                    outcome_queue.as_str().into(),
-                    topology.exchange.as_str().into(),
-                    key.into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap();
-        }
+        declare_outcome_capture(&channel, &topology, &outcome_queue, FieldTable::default()).await;
         Self {
             id,
             db_name,
@@ -192,7 +173,17 @@ impl TestEnv {
 
     /// Runs a one-shot subcommand, requires it to succeed, and returns its stdout.
     pub fn run_ok(&self, args: &[&str]) -> String {
-        let out = self.command().args(args).output().unwrap();
+        self.run_ok_with(args, &[])
+    }
+
+    /// [`Self::run_ok`] with extra environment variables.
+    pub fn run_ok_with(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let mut cmd = self.command();
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
             "{args:?} failed: {}",
@@ -802,4 +793,44 @@ pub fn close_amqp_connections(needle: &str) -> usize {
         closed += usize::from(ok);
     }
     closed
+}
+
+/// Declares `name` (with `args`) and binds it to both outcome routing keys of `topology`'s
+/// exchange, so that it captures every outcome event.
+pub async fn declare_outcome_capture(
+    channel: &lapin::Channel,
+    topology: &signup_worker::amqp::Topology,
+    name: &str,
+    args: FieldTable,
+) {
+    channel
+        .queue_declare(name.into(), QueueDeclareOptions::durable(), args)
+        .await
+        .unwrap();
+    for key in [amqp::COMPLETED, amqp::REJECTED] {
+        channel
+            .queue_bind(
+                name.into(),
+                topology.exchange.as_str().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// JSON properties with W3C `traceparent` and a fixed `tracestate` header.
+pub fn traced_properties(traceparent: &str) -> lapin::BasicProperties {
+    let mut h = FieldTable::default();
+    h.insert(
+        "traceparent".into(),
+        lapin::types::AMQPValue::LongString(traceparent.into()),
+    );
+    h.insert(
+        "tracestate".into(),
+        lapin::types::AMQPValue::LongString("congo=t61rcWkgMzE".into()),
+    );
+    amqp::json_properties().with_headers(h)
 }

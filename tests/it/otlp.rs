@@ -9,7 +9,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
-use lapin::types::{AMQPValue, FieldTable};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -152,20 +151,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `traceparent` and `tracestate` headers.
-fn traced(traceparent: &str) -> lapin::BasicProperties {
-    let mut h = FieldTable::default();
-    h.insert(
-        "traceparent".into(),
-        AMQPValue::LongString(traceparent.into()),
-    );
-    h.insert(
-        "tracestate".into(),
-        AMQPValue::LongString("congo=t61rcWkgMzE".into()),
-    );
-    signup_worker::amqp::json_properties().with_headers(h)
-}
-
 /// (trace id, span id) of a `traceparent`.
 fn ids_of(traceparent: &str) -> (String, String) {
     let parts: Vec<&str> = traceparent.split('-').collect();
@@ -201,7 +186,7 @@ async fn spans_are_exported_in_the_events_traces_and_flushed_on_exit() {
     let (body, event_id) = event("otlp-known", false);
     env.publish_with(
         &body,
-        traced(&parent).with_message_id(event_id.clone().into()),
+        traced_properties(&parent).with_message_id(event_id.clone().into()),
     )
     .await;
 
@@ -214,17 +199,7 @@ async fn spans_are_exported_in_the_events_traces_and_flushed_on_exit() {
     );
 
     // `publish`, a one-shot command, exports its spans before it exits.
-    let out = env
-        .command()
-        .args(["publish", "--count", "2", "--no-progress"])
-        .env(endpoint.0, endpoint.1)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.run_ok_with(&["publish", "--count", "2", "--no-progress"], &[endpoint]);
     let published = receiver.spans("publish");
     assert_eq!(published.len(), 2, "{published:?}");
     env.wait_outcomes(3).await;
@@ -304,7 +279,7 @@ async fn nothing_is_exported_without_the_endpoint_or_with_the_sdk_off() {
         let (body, event_id) = event(&format!("otlp-off-{i}"), false);
         env.publish_with(
             &body,
-            traced("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            traced_properties("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
                 .with_message_id(event_id.into()),
         )
         .await;

@@ -234,21 +234,9 @@ async fn founding_list_shows_the_numbered_tenants_in_order_in_three_forms() {
 /// the event nothing, and `publish` starts a trace per event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_context_goes_from_the_event_to_its_outcome_and_dlq_copy() {
-    use lapin::types::{AMQPValue, FieldTable};
     let env = TestEnv::new(10).await;
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let traced = |traceparent: &str| {
-        let mut h = FieldTable::default();
-        h.insert(
-            "traceparent".into(),
-            AMQPValue::LongString(traceparent.into()),
-        );
-        h.insert(
-            "tracestate".into(),
-            AMQPValue::LongString("congo=t61rcWkgMzE".into()),
-        );
-        signup_worker::amqp::json_properties().with_headers(h)
-    };
+    let traced = traced_properties;
     let (good, good_id) = event("traced-good", false);
     env.publish_with(
         &good,

@@ -10,9 +10,10 @@
 //!   before the ack means redelivery, which resolves as a duplicate.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions};
 use lapin::types::AMQPValue;
@@ -67,14 +68,15 @@ pub(super) struct InFlight {
 /// A delivery as it arrives: parsed, named, and given its span before anything is stored.
 struct Arrived {
     delivery: Delivery,
-    parsed: Result<SignupRequest, InvalidEvent>,
+    /// `None` for a valid event, whose request goes to the store with its batch-mates'.
+    invalid: Option<InvalidEvent>,
     ids: Ids,
     span: Span,
     trace: Option<TraceContext>,
 }
 
 impl Arrived {
-    fn new(delivery: Delivery) -> Self {
+    fn new(delivery: Delivery) -> (Self, Option<SignupRequest>) {
         let parsed = SignupRequest::parse(&delivery.data);
         let ids = match &parsed {
             Ok(req) => Ids {
@@ -86,13 +88,18 @@ impl Arrived {
         let parent = TraceContext::from_properties(&delivery.properties);
         let span = event_span(&ids, parent.as_ref());
         let trace = parent.map(|p| p.child(&span));
-        Self {
+        let (invalid, request) = match parsed {
+            Ok(req) => (None, Some(req)),
+            Err(invalid) => (Some(invalid), None),
+        };
+        let arrived = Self {
             delivery,
-            parsed,
+            invalid,
             ids,
             span,
             trace,
-        }
+        };
+        (arrived, request)
     }
 }
 
@@ -221,22 +228,24 @@ impl Worker {
     /// Parses and stores one batch, and decides what each delivery owes.
     async fn store_stage(&self, deliveries: Vec<Delivery>) -> Result<Committed, Stopped> {
         let received = Instant::now();
-        let arrived: Vec<Arrived> = deliveries.into_iter().map(Arrived::new).collect();
-        let valid: Vec<&SignupRequest> = arrived
-            .iter()
-            .filter_map(|a| a.parsed.as_ref().ok())
-            .collect();
-        let mut stored = self.store_with_retries(&valid).await?.into_iter();
+        let mut arrived = Vec::with_capacity(deliveries.len());
+        let mut valid = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let (a, request) = Arrived::new(delivery);
+            arrived.push(a);
+            valid.extend(request);
+        }
+        let mut stored = self.store_with_retries(valid.into()).await?.into_iter();
         let retry_queue = self.settings.topology.retry_queue();
         let max_deliveries = self.settings.max_deliveries;
         let items = arrived
             .into_iter()
             .map(|a| {
-                let verdict = match a.parsed {
-                    Err(invalid) => Verdict::Invalid(invalid),
+                let verdict = match a.invalid {
+                    Some(invalid) => Verdict::Invalid(invalid),
                     // `store_with_retries` returns one result per request; were one missing,
                     // retrying the event later is the safe reading.
-                    Ok(_) => match stored.next() {
+                    None => match stored.next() {
                         Some(Ok(resolution)) => Verdict::Resolved(resolution),
                         Some(Err(failure)) => Verdict::Failed(failure),
                         None => Verdict::Failed(DbFailure::Transient {
@@ -279,9 +288,17 @@ impl Worker {
         let started = Instant::now();
         self.publish_owed(publish_channel, &batch.items, frame_max)
             .await?;
-        consume_channel
+        // The ack is handed to lapin's I/O thread, not awaited: lapin resolves it only once
+        // the frame is written, and waiting for that cost this thread one more wake-up per
+        // batch, the main cost at low load (docs/BENCHMARKS.md). A failed write breaks the
+        // connection, which ends the session anyway; unacked deliveries come back and resolve
+        // as duplicates. Frames leave a channel in order, so a later close still follows it.
+        if let Some(Err(error)) = consume_channel
             .basic_ack(last_tag, BasicAckOptions { multiple: true })
-            .await?;
+            .now_or_never()
+        {
+            return Err(error.into());
+        }
         debug!(
             events = batch.items.len(),
             store_ms = batch.store_time.as_millis() as u64,
@@ -368,14 +385,10 @@ impl Worker {
     /// acked: it comes back and resolves as duplicates, like any lost ack.
     async fn store_attempt(
         &self,
-        requests: &[&SignupRequest],
+        requests: Arc<[SignupRequest]>,
     ) -> Result<Result<Vec<Resolution>, sea_orm::DbErr>, Stopped> {
         let db = self.db.clone();
-        let owned: Vec<SignupRequest> = requests.iter().map(|r| (*r).clone()).collect();
-        let attempt = async move {
-            let requests: Vec<&SignupRequest> = owned.iter().collect();
-            store::store_batch(&db, &requests).await
-        };
+        let attempt = async move { store::store_batch(&db, &requests).await };
         match tokio::spawn(attempt.in_current_span()).await {
             Ok(result) => Ok(result),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -389,7 +402,7 @@ impl Worker {
     /// content, or a transient error that outlasted the quick attempts).
     async fn store_with_retries(
         &self,
-        requests: &[&SignupRequest],
+        requests: Arc<[SignupRequest]>,
     ) -> Result<Vec<Result<Resolution, DbFailure>>, Stopped> {
         if requests.is_empty() {
             return Ok(Vec::new());
@@ -397,7 +410,7 @@ impl Worker {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let error = match self.store_attempt(requests).await? {
+            let error = match self.store_attempt(requests.clone()).await? {
                 Ok(resolutions) => {
                     self.health.set_database(true);
                     self.health.set_store_blocked(false);
@@ -444,8 +457,9 @@ impl Worker {
                 // Isolate the event at fault at once: its batch-mates must not wait for it,
                 // and a batch is never retried whole.
                 let mut results = Vec::with_capacity(requests.len());
-                for req in requests {
-                    results.extend(Box::pin(self.store_with_retries(&[*req])).await?);
+                for req in requests.iter() {
+                    let alone: Arc<[SignupRequest]> = Arc::new([req.clone()]);
+                    results.extend(Box::pin(self.store_with_retries(alone)).await?);
                 }
                 return Ok(results);
             }

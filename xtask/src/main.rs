@@ -64,7 +64,9 @@ pub enum Done {
     KeepRunning,
 }
 
-#[tokio::main]
+// One thread for the load generator, like the worker: its own CPU is part of the machine's
+// busy figure, and thread hand-offs were most of it.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let task = Task::parse();
     let mut stop = match Stop::listen() {

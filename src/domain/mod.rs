@@ -7,8 +7,11 @@
 use std::fmt;
 
 use chrono::{DateTime, Datelike, Utc};
-use serde_json::{Map, Value};
 use uuid::Uuid;
+
+use raw::Field;
+
+mod raw;
 
 /// Bodies above this size are invalid (contract section 3). Checked before parsing so that a
 /// huge body costs no JSON work.
@@ -205,46 +208,52 @@ impl SignupRequest {
         if body.len() > MAX_BODY_BYTES {
             return Err(InvalidEvent::TooLarge(body.len()));
         }
-        let value: Value =
-            serde_json::from_slice(body).map_err(|e| InvalidEvent::NotJson(e.to_string()))?;
-        let root = value.as_object().ok_or(InvalidEvent::NotAnObject)?;
+        let root = raw::parse(body).map_err(|e| InvalidEvent::NotJson(e.to_string()))?;
+        let raw::Root::Object(root) = root else {
+            return Err(InvalidEvent::NotAnObject);
+        };
 
-        let event_id = required_str(root, "event_id")?;
+        let event_id = required_str(&root.event_id, "event_id")?;
         let event_id = Uuid::parse_str(event_id)
             .map_err(|_| InvalidEvent::bad("event_id", "must be a UUID"))?;
-        if required_str(root, "type")? != SIGNUP_REQUESTED {
+        if required_str(&root.kind, "type")? != SIGNUP_REQUESTED {
             return Err(InvalidEvent::bad("type", "must be tenant.signup.requested"));
         }
-        match root.get("version") {
-            None | Some(Value::Null) => return Err(InvalidEvent::MissingField("version")),
-            Some(v) if v.as_i64() == Some(1) => {}
-            Some(_) => return Err(InvalidEvent::bad("version", "must be the integer 1")),
+        match root.version {
+            Field::Absent | Field::Null => return Err(InvalidEvent::MissingField("version")),
+            Field::Int(Some(1)) => {}
+            _ => return Err(InvalidEvent::bad("version", "must be the integer 1")),
         }
-        let occurred_at = match root.get("occurred_at") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => {
+        let occurred_at = match &root.occurred_at {
+            Field::Absent | Field::Null => None,
+            Field::Str(s) => {
                 Some(OccurredAt::parse(s).map_err(|p| InvalidEvent::bad("occurred_at", p))?)
             }
-            Some(_) => return Err(InvalidEvent::bad("occurred_at", "must be a string")),
+            _ => return Err(InvalidEvent::bad("occurred_at", "must be a string")),
         };
 
-        let tenant = match root.get("tenant") {
-            None | Some(Value::Null) => return Err(InvalidEvent::MissingField("tenant")),
-            Some(Value::Object(t)) => t,
-            Some(_) => return Err(InvalidEvent::bad("tenant", "must be an object")),
+        let tenant = match &root.tenant {
+            raw::TenantField::Absent | raw::TenantField::Null => {
+                return Err(InvalidEvent::MissingField("tenant"))
+            }
+            raw::TenantField::Object(t) => t,
+            raw::TenantField::Other => {
+                return Err(InvalidEvent::bad("tenant", "must be an object"))
+            }
         };
-        let slug = Slug::parse(required_str(tenant, "slug")?)
+        let slug = Slug::parse(required_str(&tenant.slug, "slug")?)
             .map_err(|p| InvalidEvent::bad("tenant.slug", p))?;
-        let business_name = BusinessName::parse(required_str(tenant, "business_name")?)
-            .map_err(|p| InvalidEvent::bad("tenant.business_name", p))?;
-        let owner_email = OwnerEmail::parse(required_str(tenant, "owner_email")?)
+        let business_name =
+            BusinessName::parse(required_str(&tenant.business_name, "business_name")?)
+                .map_err(|p| InvalidEvent::bad("tenant.business_name", p))?;
+        let owner_email = OwnerEmail::parse(required_str(&tenant.owner_email, "owner_email")?)
             .map_err(|p| InvalidEvent::bad("tenant.owner_email", p))?;
-        let tier = Tier::parse(required_str(tenant, "tier")?)
+        let tier = Tier::parse(required_str(&tenant.tier, "tier")?)
             .map_err(|p| InvalidEvent::bad("tenant.tier", p))?;
-        let is_demo = match tenant.get("is_demo") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(InvalidEvent::bad("tenant.is_demo", "must be a boolean")),
+        let is_demo = match tenant.is_demo {
+            Field::Absent | Field::Null => false,
+            Field::Bool(b) => b,
+            _ => return Err(InvalidEvent::bad("tenant.is_demo", "must be a boolean")),
         };
 
         Ok(Self {
@@ -259,14 +268,11 @@ impl SignupRequest {
     }
 }
 
-fn required_str<'a>(
-    obj: &'a Map<String, Value>,
-    field: &'static str,
-) -> Result<&'a str, InvalidEvent> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Err(InvalidEvent::MissingField(field)),
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(InvalidEvent::bad(field, "must be a string")),
+fn required_str<'a>(value: &'a Field<'_>, field: &'static str) -> Result<&'a str, InvalidEvent> {
+    match value {
+        Field::Absent | Field::Null => Err(InvalidEvent::MissingField(field)),
+        Field::Str(s) => Ok(s),
+        _ => Err(InvalidEvent::bad(field, "must be a string")),
     }
 }
 

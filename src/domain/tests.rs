@@ -1,7 +1,9 @@
 //! Unit tests of the event rules (contract section 3).
 
 use super::*;
-use serde_json::json;
+use serde_json::{json, Value};
+
+mod against_value;
 
 fn valid() -> Value {
     json!({

@@ -265,8 +265,36 @@ async fn connect_one(
     let attempt = Connection::connect_uri_with_config(endpoint.uri.clone(), props, tls, runtime);
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(fail(crate::tls::describe(e.to_string()))),
+        Ok(Err(e)) => Err(fail(endpoint.explain(e.to_string()))),
         Err(_) => Err(fail(format!("no answer within {}s", timeout.as_secs()))),
+    }
+}
+
+impl Endpoint {
+    /// The connection error in plain words. A TLS 1.3 server that requires a client
+    /// certificate rejects a client without one only after the client thinks the handshake is
+    /// done: its alert ("certificate required") and a TCP reset race, and whichever the client
+    /// reads first is its error. So a reset or early close on an `amqps://` address without
+    /// `certfile` gets the same hint as the alert (seen in the TLS test: one run in a few).
+    fn explain(&self, raw: String) -> String {
+        let cut_off = [
+            "Connection reset by peer",
+            "UnexpectedEof",
+            "unexpected end of file",
+        ]
+        .iter()
+        .any(|n| raw.contains(n));
+        if cut_off
+            && self.uri.scheme == AMQPScheme::AMQPS
+            && self.tls.certfile.is_none()
+            && crate::tls::explain(&raw).is_none()
+        {
+            return format!(
+                "the server closed the connection during the TLS handshake: it may require a \
+                 client certificate (certfile= and keyfile= in AMQP_URL) ({raw})"
+            );
+        }
+        crate::tls::describe(raw)
     }
 }
 
@@ -326,5 +354,25 @@ mod tests {
         e.next.store(2, Ordering::Relaxed);
         let then: Vec<_> = e.in_turn().map(|(i, _)| i).collect();
         assert_eq!(then, [2, 0, 1]);
+    }
+
+    #[test]
+    fn a_reset_during_a_tls_handshake_without_a_client_certificate_names_it() {
+        let reset = "IO error: Connection reset by peer (os error 104)".to_owned();
+        let tls = Endpoints::parse("amqps://u:pw@h/%2f").unwrap();
+        let words = tls.list[0].explain(reset.clone());
+        assert!(
+            words.contains("may require a client certificate"),
+            "{words}"
+        );
+        assert!(words.ends_with("(IO error: Connection reset by peer (os error 104))"));
+        // Over plain AMQP a reset is only a reset.
+        let plain = Endpoints::parse("amqp://u:pw@h/%2f").unwrap();
+        assert_eq!(plain.list[0].explain(reset.clone()), reset);
+        // A certificate alert keeps its own words.
+        let alert = "IO error: received fatal alert: CertificateRequired".to_owned();
+        assert!(tls.list[0]
+            .explain(alert)
+            .starts_with("the server refused the TLS handshake"));
     }
 }

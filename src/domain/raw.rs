@@ -185,107 +185,112 @@ impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
     }
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for TenantField<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = TenantField<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_unit<E>(self) -> Result<TenantField<'de>, E> {
-                Ok(TenantField::Null)
-            }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<TenantField<'de>, A::Error> {
-                let mut t = Tenant::default();
-                while let Some(Key(key)) = map.next_key()? {
-                    let slot = match key.as_ref() {
-                        "slug" => &mut t.slug,
-                        "business_name" => &mut t.business_name,
-                        "owner_email" => &mut t.owner_email,
-                        "tier" => &mut t.tier,
-                        "is_demo" => &mut t.is_demo,
-                        _ => {
-                            map.next_value::<Skip>()?;
-                            continue;
-                        }
-                    };
-                    *slot = map.next_value()?;
+/// A member that matters only when it is an object (`tenant`, and the body itself): one
+/// visitor takes every other JSON value, and each type says what an object and the rest mean.
+trait ObjectOr<'de>: Sized {
+    /// `null`; only `tenant` tells it apart from other non-objects.
+    fn null() -> Self;
+    fn other() -> Self;
+    fn object<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error>;
+}
+
+struct ObjectOrVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: ObjectOr<'de>> Visitor<'de> for ObjectOrVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::object(map)
+    }
+    fn visit_unit<E>(self) -> Result<T, E> {
+        Ok(T::null())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<T, E> {
+        Ok(T::other())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<T, E> {
+        Ok(T::other())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<T, E> {
+        Ok(T::other())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<T, E> {
+        Ok(T::other())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<T, E> {
+        Ok(T::other())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
+        SkipVisitor.visit_seq(seq).map(|()| T::other())
+    }
+}
+
+fn object_or<'de, D: Deserializer<'de>, T: ObjectOr<'de>>(d: D) -> Result<T, D::Error> {
+    d.deserialize_any(ObjectOrVisitor(std::marker::PhantomData))
+}
+
+impl<'de> ObjectOr<'de> for TenantField<'de> {
+    fn null() -> Self {
+        TenantField::Null
+    }
+    fn other() -> Self {
+        TenantField::Other
+    }
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut t = Tenant::default();
+        while let Some(Key(key)) = map.next_key()? {
+            let slot = match key.as_ref() {
+                "slug" => &mut t.slug,
+                "business_name" => &mut t.business_name,
+                "owner_email" => &mut t.owner_email,
+                "tier" => &mut t.tier,
+                "is_demo" => &mut t.is_demo,
+                _ => {
+                    map.next_value::<Skip>()?;
+                    continue;
                 }
-                Ok(TenantField::Object(t))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<TenantField<'de>, E> {
-                Ok(TenantField::Other)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<TenantField<'de>, E> {
-                Ok(TenantField::Other)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<TenantField<'de>, E> {
-                Ok(TenantField::Other)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<TenantField<'de>, E> {
-                Ok(TenantField::Other)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<TenantField<'de>, E> {
-                Ok(TenantField::Other)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<TenantField<'de>, A::Error> {
-                SkipVisitor.visit_seq(seq).map(|()| TenantField::Other)
+            };
+            *slot = map.next_value()?;
+        }
+        Ok(TenantField::Object(t))
+    }
+}
+
+impl<'de> ObjectOr<'de> for Root<'de> {
+    fn null() -> Self {
+        Root::NotAnObject
+    }
+    fn other() -> Self {
+        Root::NotAnObject
+    }
+    fn object<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut e = Event::default();
+        while let Some(Key(key)) = map.next_key()? {
+            match key.as_ref() {
+                "event_id" => e.event_id = map.next_value()?,
+                "type" => e.kind = map.next_value()?,
+                "version" => e.version = map.next_value()?,
+                "occurred_at" => e.occurred_at = map.next_value()?,
+                "tenant" => e.tenant = map.next_value()?,
+                _ => {
+                    map.next_value::<Skip>()?;
+                }
             }
         }
-        d.deserialize_any(V)
+        Ok(Root::Object(e))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for TenantField<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        object_or(d)
     }
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Root<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Root<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Root<'de>, A::Error> {
-                let mut e = Event::default();
-                while let Some(Key(key)) = map.next_key()? {
-                    match key.as_ref() {
-                        "event_id" => e.event_id = map.next_value()?,
-                        "type" => e.kind = map.next_value()?,
-                        "version" => e.version = map.next_value()?,
-                        "occurred_at" => e.occurred_at = map.next_value()?,
-                        "tenant" => e.tenant = map.next_value()?,
-                        _ => {
-                            map.next_value::<Skip>()?;
-                        }
-                    }
-                }
-                Ok(Root::Object(e))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Root<'de>, E> {
-                Ok(Root::NotAnObject)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Root<'de>, E> {
-                Ok(Root::NotAnObject)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Root<'de>, E> {
-                Ok(Root::NotAnObject)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Root<'de>, E> {
-                Ok(Root::NotAnObject)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Root<'de>, E> {
-                Ok(Root::NotAnObject)
-            }
-            fn visit_unit<E>(self) -> Result<Root<'de>, E> {
-                Ok(Root::NotAnObject)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Root<'de>, A::Error> {
-                SkipVisitor.visit_seq(seq).map(|()| Root::NotAnObject)
-            }
-        }
-        d.deserialize_any(V)
+        object_or(d)
     }
 }

@@ -14,14 +14,21 @@
 //! 3. One multi-row INSERT of the new events only; the trigger numbers them in that order.
 //!
 //! A duplicate therefore costs one lookup, never a number, and never fails its batch-mates.
+//!
+//! Most batches have no copies inside them (no two events share an event id or a slug): then
+//! an event's fate depends on the stored rows only, and `signup_store_distinct` (migration 8)
+//! does the three steps in one statement, which is its own transaction: one round trip instead
+//! of four (`BEGIN`, lookup, INSERT, `COMMIT`). The worker still runs [`plan`] on the stored
+//! rows it returns and requires the rows inserted to be exactly the events the plan inserts.
+//! [`path`] chooses, before any I/O.
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use migration::schema::{LOCK_AND_READ_FUNCTION, TENANTS};
-use sea_orm::sqlx::{self, postgres::PgRow, Row as _};
+use migration::schema::{LOCK_AND_READ_FUNCTION, STORE_DISTINCT_FUNCTION, TENANTS};
+use sea_orm::sqlx::{self, postgres::PgArguments, postgres::PgRow, Postgres, Row as _};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr, Statement, Value};
 use uuid::Uuid;
 
@@ -96,6 +103,30 @@ pub fn plan<R: Borrow<SignupRequest>>(requests: &[R], existing: &[StoredTenant])
     steps
 }
 
+/// How a batch is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// No two events share an event id or a slug: one call, its own transaction.
+    Distinct,
+    /// Copies inside the batch: `BEGIN`, lookup, [`plan`], INSERT, `COMMIT`.
+    Transaction,
+}
+
+/// Chooses the [`Path`] of a batch from its keys alone.
+pub fn path<R: Borrow<SignupRequest>>(requests: &[R]) -> Path {
+    let mut event_ids = HashSet::with_capacity(requests.len());
+    let mut slugs = HashSet::with_capacity(requests.len());
+    let distinct = requests
+        .iter()
+        .map(Borrow::borrow)
+        .all(|r| event_ids.insert(r.event_id) && slugs.insert(r.slug.as_str()));
+    if distinct {
+        Path::Distinct
+    } else {
+        Path::Transaction
+    }
+}
+
 pub(crate) fn stmt(sql: &str, values: Vec<Value>) -> Statement {
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
@@ -106,6 +137,16 @@ static LOCK_AND_READ_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT id, event_id, slug, is_demo, founding_member_number \
          FROM {LOCK_AND_READ_FUNCTION}($1::uuid[], $2::text[])"
+    )
+});
+
+/// The whole of a distinct batch in one call (see migration 8); its parameters are the
+/// INSERT's, bound by [`bind_rows`].
+static STORE_DISTINCT_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT inserted, id, event_id, slug, is_demo, founding_member_number \
+         FROM {STORE_DISTINCT_FUNCTION}($1::uuid[], $2::text[], $3::text[], $4::text[], \
+              $5::text[], $6::bool[], $7::timestamptz[], $8::bool[])"
     )
 });
 
@@ -131,8 +172,9 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Stores a batch in one transaction and says, per request and in order, what happened.
-/// On error nothing was committed; the caller classifies the error with
-/// [`crate::error::classify_db`] and retries.
+/// On error the caller classifies it with [`crate::error::classify_db`] and retries. Nothing
+/// was committed, unless the connection failed after the server had committed: the retry
+/// then finds the batch's rows stored and resolves its events as duplicates.
 ///
 /// This hot path talks to the connection pool under sea-orm through sqlx directly: the
 /// columns are bound as slices borrowed from the requests (`&[&str]`, `&[Uuid]`), where
@@ -148,65 +190,25 @@ pub async fn store_batch<R: Borrow<SignupRequest>>(
         return Ok(Vec::new());
     }
     let requests: Vec<&SignupRequest> = requests.iter().map(Borrow::borrow).collect();
-    let event_ids: Vec<Uuid> = requests.iter().map(|r| r.event_id).collect();
-    let slugs: Vec<&str> = requests.iter().map(|r| r.slug.as_str()).collect();
-
-    let mut txn = db
-        .get_postgres_connection_pool()
-        .begin()
-        .await
-        .map_err(query_err)?;
-    let existing: Vec<StoredTenant> = sqlx::query(&LOCK_AND_READ_SQL)
-        .bind(&event_ids)
-        .bind(&slugs)
-        .fetch_all(&mut *txn)
-        .await
-        .map_err(query_err)?
-        .iter()
-        .map(StoredTenant::from_row)
-        .collect::<Result<_, _>>()?;
-
-    let steps = plan(&requests, &existing);
-    let new: Vec<&SignupRequest> = requests
-        .iter()
-        .zip(&steps)
-        .filter(|(_, s)| **s == Step::Insert)
-        .map(|(r, _)| *r)
-        .collect();
-
-    let mut inserted: HashMap<Uuid, StoredTenant> = HashMap::with_capacity(new.len());
-    if !new.is_empty() {
-        let text =
-            |f: fn(&SignupRequest) -> &str| -> Vec<&str> { new.iter().map(|r| f(r)).collect() };
-        let rows = sqlx::query(&INSERT_SQL)
-            .bind(new.iter().map(|r| r.event_id).collect::<Vec<Uuid>>())
-            .bind(text(|r| r.slug.as_str()))
-            .bind(text(|r| r.business_name.as_str()))
-            .bind(text(|r| r.owner_email.as_str()))
-            .bind(text(|r| r.tier.as_str()))
-            .bind(new.iter().map(|r| r.is_demo).collect::<Vec<bool>>())
-            .bind(
-                new.iter()
-                    .map(|r| {
-                        r.occurred_at
-                            .map_or(DateTime::UNIX_EPOCH, OccurredAt::instant)
-                    })
-                    .collect::<Vec<DateTime<Utc>>>(),
-            )
-            .bind(
-                new.iter()
-                    .map(|r| r.occurred_at.is_some())
-                    .collect::<Vec<bool>>(),
-            )
-            .fetch_all(&mut *txn)
-            .await
-            .map_err(query_err)?;
-        for row in &rows {
-            let t = StoredTenant::from_row(row)?;
-            inserted.insert(t.event_id, t);
+    let pool = db.get_postgres_connection_pool();
+    let (existing, steps, inserted) = match path(&requests) {
+        Path::Distinct => {
+            let (existing, inserted) = store_distinct(pool, &requests).await?;
+            let steps = plan(&requests, &existing);
+            let planned = steps.iter().filter(|s| **s == Step::Insert).count();
+            // The function and `plan` apply the same rules to a batch without copies, so this
+            // is a bug if it happens; the rows are committed, and the retry that follows the
+            // error resolves their events as duplicates of them.
+            if planned != inserted.len() {
+                return Err(DbErr::Custom(format!(
+                    "{STORE_DISTINCT_FUNCTION} inserted {} rows where the plan inserts {planned}",
+                    inserted.len()
+                )));
+            }
+            (existing, steps, inserted)
         }
-    }
-    txn.commit().await.map_err(query_err)?;
+        Path::Transaction => store_in_transaction(pool, &requests).await?,
+    };
 
     let inserted_tenant = |event_id: &Uuid| -> Result<StoredTenant, DbErr> {
         inserted.get(event_id).cloned().ok_or_else(|| {
@@ -229,6 +231,99 @@ pub async fn store_batch<R: Borrow<SignupRequest>>(
             })
         })
         .collect()
+}
+
+/// The stored rows that share a key with the batch, and the rows inserted, by event id.
+type Stored = (Vec<StoredTenant>, HashMap<Uuid, StoredTenant>);
+
+/// [`Path::Distinct`]: one statement outside any `BEGIN`, so its own transaction.
+async fn store_distinct(pool: &sqlx::PgPool, requests: &[&SignupRequest]) -> Result<Stored, DbErr> {
+    let rows = bind_rows(sqlx::query(&STORE_DISTINCT_SQL), requests)
+        .fetch_all(pool)
+        .await
+        .map_err(query_err)?;
+    let mut existing = Vec::new();
+    let mut inserted = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let tenant = StoredTenant::from_row(row)?;
+        if row.try_get::<bool, _>("inserted").map_err(query_err)? {
+            inserted.insert(tenant.event_id, tenant);
+        } else {
+            existing.push(tenant);
+        }
+    }
+    Ok((existing, inserted))
+}
+
+/// [`Path::Transaction`]: the lookup, [`plan`], then the INSERT of what the plan inserts.
+async fn store_in_transaction(
+    pool: &sqlx::PgPool,
+    requests: &[&SignupRequest],
+) -> Result<(Vec<StoredTenant>, Vec<Step>, HashMap<Uuid, StoredTenant>), DbErr> {
+    let event_ids: Vec<Uuid> = requests.iter().map(|r| r.event_id).collect();
+    let slugs: Vec<&str> = requests.iter().map(|r| r.slug.as_str()).collect();
+
+    let mut txn = pool.begin().await.map_err(query_err)?;
+    let existing: Vec<StoredTenant> = sqlx::query(&LOCK_AND_READ_SQL)
+        .bind(&event_ids)
+        .bind(&slugs)
+        .fetch_all(&mut *txn)
+        .await
+        .map_err(query_err)?
+        .iter()
+        .map(StoredTenant::from_row)
+        .collect::<Result<_, _>>()?;
+
+    let steps = plan(requests, &existing);
+    let new: Vec<&SignupRequest> = requests
+        .iter()
+        .zip(&steps)
+        .filter(|(_, s)| **s == Step::Insert)
+        .map(|(r, _)| *r)
+        .collect();
+
+    let mut inserted = HashMap::with_capacity(new.len());
+    if !new.is_empty() {
+        let rows = bind_rows(sqlx::query(&INSERT_SQL), &new)
+            .fetch_all(&mut *txn)
+            .await
+            .map_err(query_err)?;
+        for row in &rows {
+            let t = StoredTenant::from_row(row)?;
+            inserted.insert(t.event_id, t);
+        }
+    }
+    txn.commit().await.map_err(query_err)?;
+    Ok((existing, steps, inserted))
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+/// Binds the rows' columns as `$1..$8`, in the order [`INSERT_SQL`] and
+/// [`STORE_DISTINCT_SQL`] take them, borrowing every string.
+fn bind_rows<'q>(query: PgQuery<'q>, rows: &[&'q SignupRequest]) -> PgQuery<'q> {
+    let text =
+        |f: fn(&SignupRequest) -> &str| -> Vec<&'q str> { rows.iter().map(|r| f(r)).collect() };
+    query
+        .bind(rows.iter().map(|r| r.event_id).collect::<Vec<Uuid>>())
+        .bind(text(|r| r.slug.as_str()))
+        .bind(text(|r| r.business_name.as_str()))
+        .bind(text(|r| r.owner_email.as_str()))
+        .bind(text(|r| r.tier.as_str()))
+        .bind(rows.iter().map(|r| r.is_demo).collect::<Vec<bool>>())
+        .bind(
+            rows.iter()
+                .map(|r| {
+                    r.occurred_at
+                        .map_or(DateTime::UNIX_EPOCH, OccurredAt::instant)
+                })
+                .collect::<Vec<DateTime<Utc>>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.occurred_at.is_some())
+                .collect::<Vec<bool>>(),
+        )
 }
 
 /// As sea-orm reports a failed statement, so that the classification stays in one place.
@@ -324,6 +419,20 @@ mod tests {
         assert_eq!(
             plan(&[&first, &copy, &rival], &[]),
             vec![Step::Insert, Step::DuplicateOfBatch(0), Step::SlugTaken]
+        );
+    }
+
+    #[test]
+    fn only_a_batch_without_copies_inside_takes_the_one_call() {
+        let (id, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let first = req(id, "aaa");
+        assert_eq!(path(&[&first]), Path::Distinct);
+        assert_eq!(path(&[&first, &req(other, "bbb")]), Path::Distinct);
+        assert_eq!(path(&[&first, &req(id, "bbb")]), Path::Transaction);
+        assert_eq!(path(&[&first, &req(other, "aaa")]), Path::Transaction);
+        assert_eq!(
+            path(&[&req(other, "bbb"), &first, &req(id, "aaa")]),
+            Path::Transaction
         );
     }
 

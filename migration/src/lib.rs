@@ -13,6 +13,7 @@ mod m20261128_000004_reclaim_numbers;
 mod m20261128_000005_cheap_numbering_when_full;
 mod m20261128_000006_assigned_count;
 mod m20261128_000007_lock_and_read;
+mod m20261203_000008_store_distinct;
 pub mod schema;
 
 pub use m20261128_000004_reclaim_numbers::NUMBERING_LOCK;
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000005_cheap_numbering_when_full::Migration),
             Box::new(m20261128_000006_assigned_count::Migration),
             Box::new(m20261128_000007_lock_and_read::Migration),
+            Box::new(m20261203_000008_store_distinct::Migration),
         ]
     }
 }

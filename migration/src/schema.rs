@@ -27,6 +27,10 @@ pub const LOCK_KEYS_FUNCTION: &str = "signup_lock_keys";
 /// `signup_lock_and_read(uuid[], text[])`: the same locks, then the stored rows sharing a key
 /// with the batch (migration 7).
 pub const LOCK_AND_READ_FUNCTION: &str = "signup_lock_and_read";
+/// `signup_store_distinct(uuid[], text[], text[], text[], text[], boolean[], timestamptz[],
+/// boolean[])`: a batch without copies inside it, locked, looked up and inserted in one call
+/// (migration 8).
+pub const STORE_DISTINCT_FUNCTION: &str = "signup_store_distinct";
 /// `founding_reclaim(bigint)`: returns burned numbers to the pool (migration 4).
 pub const RECLAIM_FUNCTION: &str = "founding_reclaim";
 /// `founding_assigned()`: the count of numbered tenants, from the partial index (migration 6).
@@ -44,6 +48,10 @@ pub fn runtime_grants(role: &str) -> Vec<String> {
         format!("GRANT USAGE, SELECT ON SEQUENCE {FOUNDING_SEQUENCE} TO {role}"),
         format!("GRANT EXECUTE ON FUNCTION {LOCK_KEYS_FUNCTION}(uuid[], text[]) TO {role}"),
         format!("GRANT EXECUTE ON FUNCTION {LOCK_AND_READ_FUNCTION}(uuid[], text[]) TO {role}"),
+        format!(
+            "GRANT EXECUTE ON FUNCTION {STORE_DISTINCT_FUNCTION}(uuid[], text[], text[], text[], \
+             text[], boolean[], timestamptz[], boolean[]) TO {role}"
+        ),
         format!("GRANT EXECUTE ON FUNCTION {RECLAIM_FUNCTION}(bigint) TO {role}"),
         format!("GRANT EXECUTE ON FUNCTION {ASSIGNED_FUNCTION}() TO {role}"),
         format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {POOL} TO {role}"),

@@ -132,6 +132,7 @@ async fn schema_names_exist_after_migrating() {
     for function in [
         schema::LOCK_KEYS_FUNCTION,
         schema::LOCK_AND_READ_FUNCTION,
+        schema::STORE_DISTINCT_FUNCTION,
         schema::RECLAIM_FUNCTION,
         schema::ASSIGNED_FUNCTION,
     ] {

@@ -73,12 +73,14 @@ fn events(prefix: &str, n: usize) -> Vec<(Vec<u8>, String)> {
 }
 
 /// Waits until a worker's INSERT has drawn its numbers and waits on the test's lock, other
-/// than the backend `not`; returns its pid.
+/// than the backend `not`; returns its pid. The waiter is found by the lock it waits for, not
+/// by its statement's text: a batch is stored by an INSERT or by a function call (`store`).
 async fn wait_blocked(env: &TestEnv, not: i64) -> i64 {
+    // A one-bigint advisory key is held as classid = high 32 bits, objid = low, objsubid = 1.
     let sql = format!(
-        "SELECT coalesce(max(pid), 0)::bigint FROM pg_stat_activity \
-         WHERE datname = '{}' AND wait_event = 'advisory' AND pid <> {not} \
-           AND query LIKE 'INSERT INTO tenants%'",
+        "SELECT coalesce(max(l.pid), 0)::bigint FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = '{}' AND l.locktype = 'advisory' AND NOT l.granted \
+           AND l.classid = 0 AND l.objid = {TEST_LOCK} AND l.objsubid = 1 AND l.pid <> {not}",
         env.db_name
     );
     wait_for("a worker's transaction holding drawn numbers", || async {
@@ -265,38 +267,59 @@ async fn a_live_transaction_keeps_its_number_however_long_it_waits() {
     env.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_worker_loses_its_session_and_its_numbers_come_back() {
+/// A worker stopped (SIGSTOP) while its batch waits on the test's lock, after the draw.
+/// `copy_inside`: the batch holds a copy of one of its events, so it is stored by a
+/// transaction of several statements; without one it is a single call (`store::Path`).
+async fn a_stopped_worker(copy_inside: bool) {
     let env = TestEnv::new(100).await;
     env.execute(HOLD_TRIGGER).await;
     let hold = Hold::take(&env).await;
-    let held = events("held", 5);
+    let mut held = events("held", 5);
+    if copy_inside {
+        held.push(held[0].clone());
+    }
     env.publish_many(&held).await;
     // Its prefetch is full with the held events, so the broker sends it nothing more while it
     // is stopped.
-    let stopped = env.spawn_worker(&[("PREFETCH", "5")]);
+    let prefetch = held.len().to_string();
+    let stopped = env.spawn_worker(&[("PREFETCH", prefetch.as_str())]);
     wait_blocked(&env, 0).await;
     let drawn = env.founding().await.burned();
     stopped.signal("STOP");
-    // Its backend finishes the INSERT and then sits idle in the transaction until PostgreSQL
-    // ends the session (the worker's idle_in_transaction_session_timeout).
     hold.release().await;
     let other = env.spawn_worker(&[]);
-    wait_for("the stopped worker's numbers in the pool", || async {
-        env.founding().await.pooled == drawn
-    })
-    .await;
-    wait_for("the other replica to count them", || async {
-        other.metric("signup_founding_reclaimed_total").await == drawn as f64
-    })
-    .await;
-    // Later signups get the reclaimed numbers, lowest first.
+    let stored_before = if copy_inside {
+        // Its backend finishes the INSERT and then sits idle in the transaction until
+        // PostgreSQL ends the session (the worker's idle_in_transaction_session_timeout).
+        wait_for("the stopped worker's numbers in the pool", || async {
+            env.founding().await.pooled == drawn
+        })
+        .await;
+        wait_for("the other replica to count them", || async {
+            other.metric("signup_founding_reclaimed_total").await == drawn as f64
+        })
+        .await;
+        0
+    } else {
+        // The single call was sent whole: PostgreSQL finishes and commits it without the
+        // worker, and nothing is left to reclaim.
+        wait_for("the stopped worker's batch committed", || async {
+            env.tenant_count().await == 5
+        })
+        .await;
+        env.wait_nothing_burned().await;
+        5
+    };
+    // Later signups get the lowest free numbers (the reclaimed ones, if any).
     env.publish_many(&events("later", 3)).await;
     wait_for("the later signups", || async {
-        env.tenant_count().await == 3
+        env.tenant_count().await == stored_before + 3
     })
     .await;
-    assert_eq!(env.numbers_in_use().await, vec![1, 2, 3]);
+    assert_eq!(
+        env.numbers_in_use().await,
+        (1..=stored_before as i32 + 3).collect::<Vec<_>>()
+    );
     // The stopped worker wakes: it does not commit the old numbers, it stores its events once.
     stopped.signal("CONT");
     wait_for("the held signups", || async {
@@ -316,6 +339,16 @@ async fn a_stopped_worker_loses_its_session_and_its_numbers_come_back() {
     drop(stopped);
     drop(other);
     env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_loses_its_session_and_its_numbers_come_back() {
+    a_stopped_worker(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_s_single_call_commits_without_it() {
+    a_stopped_worker(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

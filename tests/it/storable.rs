@@ -177,3 +177,77 @@ async fn whatever_the_parser_accepts_postgres_stores() {
     env.assert_no_number_burned().await;
     env.cleanup().await;
 }
+
+/// The two ways of storing a batch (`store::Path`: one call when no two events share a key,
+/// a transaction of four statements otherwise) resolve stored twins, taken slugs and new
+/// events by the same rules, and draw one number per new tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_store_paths_resolve_twins_taken_slugs_and_new_events_alike() {
+    use signup_worker::domain::{signup_body, Tier};
+    use signup_worker::store::{Path, Resolution};
+    use uuid::Uuid;
+
+    let env = TestEnv::new(100).await;
+    let req = |id: Uuid, slug: &str| {
+        SignupRequest::parse(&signup_body(
+            id,
+            slug,
+            "Name",
+            "a@b.example",
+            Tier::Starter,
+            false,
+        ))
+        .unwrap()
+    };
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    store::store_batch(&env.db, &[req(a, "path-a"), req(b, "path-b")])
+        .await
+        .unwrap();
+
+    for (round, copy_inside) in [(1, false), (2, true)] {
+        let new = Uuid::new_v4();
+        let mut batch = vec![
+            req(a, "path-a"),
+            req(b, &format!("path-b-moved-{round}")),
+            req(Uuid::new_v4(), "path-b"),
+            req(new, &format!("path-new-{round}")),
+        ];
+        if copy_inside {
+            batch.push(req(new, "path-new-copy"));
+        }
+        let expected_path = if copy_inside {
+            Path::Transaction
+        } else {
+            Path::Distinct
+        };
+        assert_eq!(store::path(&batch), expected_path);
+
+        let got = store::store_batch(&env.db, &batch).await.unwrap();
+        assert_eq!(got.len(), batch.len(), "{expected_path:?}");
+        let duplicate_of = |r: &Resolution| match r {
+            Resolution::Duplicate {
+                tenant,
+                slug_differs,
+            } => Some((tenant.event_id, *slug_differs)),
+            _ => None,
+        };
+        assert_eq!(duplicate_of(&got[0]), Some((a, false)), "{expected_path:?}");
+        assert_eq!(duplicate_of(&got[1]), Some((b, true)), "{expected_path:?}");
+        assert_eq!(got[2], Resolution::SlugTaken, "{expected_path:?}");
+        match &got[3] {
+            Resolution::Created { tenant, exhausted } => {
+                assert_eq!(tenant.event_id, new);
+                assert_eq!(tenant.founding_member_number, Some(2 + round));
+                assert!(!exhausted);
+            }
+            other => panic!("{expected_path:?}: not created: {other:?}"),
+        }
+        if copy_inside {
+            assert_eq!(duplicate_of(&got[4]), Some((new, true)));
+        }
+    }
+    assert_eq!(env.tenant_count().await, 4);
+    assert_eq!(env.numbers_in_use().await, vec![1, 2, 3, 4]);
+    env.assert_no_number_burned().await;
+    env.cleanup().await;
+}

@@ -7,14 +7,18 @@ use crate::helpers::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn race_300_signups_3_consumers_capacity_50() {
     let env = TestEnv::new(50).await;
-    // Published before any worker starts, so all three compete for the same backlog.
+    // Small batches and prefetch make the replicas interleave as much as possible.
+    let small = [("BATCH_SIZE", "7"), ("PREFETCH", "14")];
+    let workers: Vec<_> = (0..3).map(|_| env.spawn_worker(&small)).collect();
+    // Published once all three consume, so the broker deals the events among them. (Published
+    // before, the first replica to start could drain the 300 before the last one consumed.)
+    for w in &workers {
+        w.wait_ready().await;
+    }
     let events: Vec<_> = (0..300)
         .map(|i| event(&format!("race-{i}"), i % 10 == 0))
         .collect();
     env.publish_many(&events).await;
-    // Small batches and prefetch make the replicas interleave as much as possible.
-    let small = [("BATCH_SIZE", "7"), ("PREFETCH", "14")];
-    let workers: Vec<_> = (0..3).map(|_| env.spawn_worker(&small)).collect();
 
     wait_for("300 tenants", || async { env.tenant_count().await == 300 }).await;
     let outcomes = env.wait_outcomes(300).await;

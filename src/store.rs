@@ -191,22 +191,12 @@ pub async fn store_batch<R: Borrow<SignupRequest>>(
     }
     let requests: Vec<&SignupRequest> = requests.iter().map(Borrow::borrow).collect();
     let pool = db.get_postgres_connection_pool();
-    let (existing, steps, inserted) = match path(&requests) {
-        Path::Distinct => {
-            let (existing, inserted) = store_distinct(pool, &requests).await?;
-            let steps = plan(&requests, &existing);
-            let planned = steps.iter().filter(|s| **s == Step::Insert).count();
-            // The function and `plan` apply the same rules to a batch without copies, so this
-            // is a bug if it happens; the rows are committed, and the retry that follows the
-            // error resolves their events as duplicates of them.
-            if planned != inserted.len() {
-                return Err(DbErr::Custom(format!(
-                    "{STORE_DISTINCT_FUNCTION} inserted {} rows where the plan inserts {planned}",
-                    inserted.len()
-                )));
-            }
-            (existing, steps, inserted)
-        }
+    let Stored {
+        existing,
+        steps,
+        inserted,
+    } = match path(&requests) {
+        Path::Distinct => store_distinct(pool, &requests).await?,
         Path::Transaction => store_in_transaction(pool, &requests).await?,
     };
 
@@ -233,10 +223,16 @@ pub async fn store_batch<R: Borrow<SignupRequest>>(
         .collect()
 }
 
-/// The stored rows that share a key with the batch, and the rows inserted, by event id.
-type Stored = (Vec<StoredTenant>, HashMap<Uuid, StoredTenant>);
+/// What a committed batch came to: the stored rows that shared a key with it, the plan
+/// decided from them, and the rows inserted, by event id.
+struct Stored {
+    existing: Vec<StoredTenant>,
+    steps: Vec<Step>,
+    inserted: HashMap<Uuid, StoredTenant>,
+}
 
-/// [`Path::Distinct`]: one statement outside any `BEGIN`, so its own transaction.
+/// [`Path::Distinct`]: one statement outside any `BEGIN`, so its own transaction; then the
+/// plan, from the stored rows it returned.
 async fn store_distinct(pool: &sqlx::PgPool, requests: &[&SignupRequest]) -> Result<Stored, DbErr> {
     let rows = bind_rows(sqlx::query(&STORE_DISTINCT_SQL), requests)
         .fetch_all(pool)
@@ -252,14 +248,29 @@ async fn store_distinct(pool: &sqlx::PgPool, requests: &[&SignupRequest]) -> Res
             existing.push(tenant);
         }
     }
-    Ok((existing, inserted))
+    let steps = plan(requests, &existing);
+    let planned = steps.iter().filter(|s| **s == Step::Insert).count();
+    // The function and `plan` apply the same rules to a batch without copies, so this is a
+    // bug if it happens; the rows are committed, and the retry that follows the error
+    // resolves their events as duplicates of them.
+    if planned != inserted.len() {
+        return Err(DbErr::Custom(format!(
+            "{STORE_DISTINCT_FUNCTION} inserted {} rows where the plan inserts {planned}",
+            inserted.len()
+        )));
+    }
+    Ok(Stored {
+        existing,
+        steps,
+        inserted,
+    })
 }
 
 /// [`Path::Transaction`]: the lookup, [`plan`], then the INSERT of what the plan inserts.
 async fn store_in_transaction(
     pool: &sqlx::PgPool,
     requests: &[&SignupRequest],
-) -> Result<(Vec<StoredTenant>, Vec<Step>, HashMap<Uuid, StoredTenant>), DbErr> {
+) -> Result<Stored, DbErr> {
     let event_ids: Vec<Uuid> = requests.iter().map(|r| r.event_id).collect();
     let slugs: Vec<&str> = requests.iter().map(|r| r.slug.as_str()).collect();
 
@@ -294,7 +305,11 @@ async fn store_in_transaction(
         }
     }
     txn.commit().await.map_err(query_err)?;
-    Ok((existing, steps, inserted))
+    Ok(Stored {
+        existing,
+        steps,
+        inserted,
+    })
 }
 
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;

@@ -2,8 +2,9 @@
 //! events share an event id or a slug.
 //!
 //! A batch used to cost four round trips: `BEGIN`, `signup_lock_and_read`, the `INSERT`,
-//! `COMMIT`. At 1,000 signups/s a batch holds three or four events, so those round trips (a
-//! wake-up of the worker and of the backend each) were most of both processes' CPU per signup.
+//! `COMMIT`. At 1,000 signups/s a batch holds three or four events, and each round trip wakes
+//! the worker and the backend: the three this call saves were about a sixth of both processes'
+//! CPU per signup at that rate (docs/BENCHMARKS.md).
 //!
 //! When the batch's event ids are all different and so are its slugs, no event's fate depends
 //! on another's: each is a duplicate of a stored tenant (same event id), refused (its slug is

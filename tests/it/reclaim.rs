@@ -320,7 +320,8 @@ async fn a_stopped_worker(copy_inside: bool) {
         env.numbers_in_use().await,
         (1..=stored_before as i32 + 3).collect::<Vec<_>>()
     );
-    // The stopped worker wakes: it does not commit the old numbers, it stores its events once.
+    // The stopped worker wakes: each held event ends up stored once, either by its retry after
+    // the lost session (its old numbers are not committed) or by the call that already committed.
     stopped.signal("CONT");
     wait_for("the held signups", || async {
         env.tenant_count().await == 8
